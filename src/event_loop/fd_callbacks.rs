@@ -1,0 +1,223 @@
+//! `add_reader`/`add_writer`/`remove_reader`/`remove_writer`: one reader and
+//! one writer handle per fd, polled level-triggered as asyncio's selector
+//! loop does. The fd's blocking mode is never touched.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::{lock, LoopCore, Ready};
+use crate::handles::Handle;
+use crate::poller::{Readiness, WAKER};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+/// What is registered for one fd: the object the user passed (for lookups
+/// after it was closed) and the two callbacks.
+pub struct FdEntry {
+    fileobj: Py<PyAny>,
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+impl FdEntry {
+    fn slot(&mut self, dir: Dir) -> &mut Option<Py<Handle>> {
+        match dir {
+            Dir::Read => &mut self.reader,
+            Dir::Write => &mut self.writer,
+        }
+    }
+}
+
+/// Registered fds, indexed by fd number.
+#[derive(Default)]
+pub struct FdTable {
+    entries: Vec<Option<FdEntry>>,
+}
+
+impl FdTable {
+    fn entry(&self, fd: RawFd) -> Option<&FdEntry> {
+        self.entries.get(fd as usize).and_then(Option::as_ref)
+    }
+
+    fn entry_mut(&mut self, fd: RawFd) -> &mut Option<FdEntry> {
+        let i = fd as usize;
+        if i >= self.entries.len() {
+            self.entries.resize_with(i + 1, || None);
+        }
+        &mut self.entries[i]
+    }
+
+    pub fn get(&self, py: Python<'_>, fd: RawFd) -> (Option<Py<Handle>>, Option<Py<Handle>>) {
+        match self.entry(fd) {
+            Some(e) => (e.reader.as_ref().map(|h| h.clone_ref(py)), e.writer.as_ref().map(|h| h.clone_ref(py))),
+            None => (None, None),
+        }
+    }
+
+    /// The fd registered with this very object (asyncio's exhaustive lookup
+    /// for file objects that no longer have a valid fileno()).
+    fn find_fileobj(&self, obj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.entries
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| e.fileobj.as_ptr() == obj.as_ptr()))
+            .map(|i| i as RawFd)
+    }
+
+    pub fn take_all(&mut self) -> Vec<FdEntry> {
+        self.entries.drain(..).flatten().collect()
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for e in self.entries.iter().flatten() {
+            visit.call(&e.fileobj)?;
+            if let Some(h) = &e.reader {
+                visit.call(h)?;
+            }
+            if let Some(h) = &e.writer {
+                visit.call(h)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `selectors._fileobj_to_fd`: an int, or an object with a `fileno()`.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<pyo3::types::PyInt>() {
+        obj.extract()?
+    } else {
+        obj.call_method0(pyo3::intern!(obj.py(), "fileno"))
+            .and_then(|f| f.extract::<i64>())
+            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?
+    };
+    if fd < 0 || fd > i32::MAX as i64 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    Ok(fd as RawFd)
+}
+
+/// Register `callback(*args)` for `fd` in direction `dir`, replacing (and
+/// cancelling) a previous one. `public` names the asyncio method for the
+/// argument checks that only the public methods make.
+pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Dir, public: &str) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let core = slf.get();
+    let fd = if public.is_empty() {
+        core.check_closed()?;
+        fileobj_to_fd(fileobj)?
+    } else {
+        let fd = fileobj_to_fd(fileobj)?;
+        core.check_closed()?;
+        fd
+    };
+    let handle = super::scheduling::new_handle(slf, callback, args, None)?;
+    let old = {
+        let mut table = lock(&core.fds);
+        let slot = table.entry_mut(fd);
+        let registered = slot.is_some();
+        let (r, w) = match slot.as_ref() {
+            Some(e) => (e.reader.is_some() || dir == Dir::Read, e.writer.is_some() || dir == Dir::Write),
+            None => (dir == Dir::Read, dir == Dir::Write),
+        };
+        core.registrar.set_level_interest(fd, r, w, registered)?;
+        let entry = slot.get_or_insert_with(|| FdEntry { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
+        entry.fileobj = fileobj.clone().unbind();
+        entry.slot(dir).replace(handle.clone_ref(py))
+    };
+    if let Some(old) = old {
+        let old = old.into_bound(py);
+        old.get().cancel_inner(old.as_any())?;
+    }
+    Ok(handle)
+}
+
+/// Unregister the `dir` callback of `fileobj`; true if one was registered.
+pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Dir) -> PyResult<bool> {
+    let core = slf.get();
+    let fd = match fileobj_to_fd(fileobj) {
+        Ok(fd) => Some(fd),
+        Err(err) => match lock(&core.fds).find_fileobj(fileobj) {
+            Some(fd) => Some(fd),
+            None if core.is_closed() => None,
+            None => return Err(err),
+        },
+    };
+    if core.is_closed() {
+        return Ok(false);
+    }
+    match fd {
+        Some(fd) => remove_fd(slf, fd, dir),
+        None => Ok(false),
+    }
+}
+
+fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
+    let py = slf.py();
+    let core = slf.get();
+    let (old, emptied) = {
+        let mut table = lock(&core.fds);
+        let slot = table.entry_mut(fd);
+        let Some(entry) = slot.as_mut() else { return Ok(false) };
+        let old = entry.slot(dir).take();
+        let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
+        if core.registrar.set_level_interest(fd, r, w, true).is_err() {
+            // The fd was closed behind our back: forget it entirely.
+            let _ = core.registrar.set_level_interest(fd, false, false, true);
+            (old, slot.take())
+        } else if !r && !w {
+            (old, slot.take())
+        } else {
+            (old, None)
+        }
+    };
+    drop(emptied);
+    match old {
+        Some(old) => {
+            let old = old.into_bound(py);
+            old.get().cancel_inner(old.as_any())?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Queue the callbacks of the fds that poll reported ready, and drop the
+/// ones whose handle was cancelled, as asyncio's `_process_events` does.
+pub fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Readiness]) -> PyResult<()> {
+    let py = slf.py();
+    let core = slf.get();
+    let mut ready = Vec::with_capacity(events.len());
+    let mut stale = Vec::new();
+    {
+        let table = lock(&core.fds);
+        for ev in events {
+            if ev.token == WAKER {
+                continue;
+            }
+            let fd = ev.token.0 as RawFd;
+            let Some(entry) = table.entry(fd) else { continue };
+            for (wanted, handle, dir) in [(ev.readable, &entry.reader, Dir::Read), (ev.writable, &entry.writer, Dir::Write)] {
+                match handle {
+                    Some(h) if wanted && h.get().is_cancelled() => stale.push((fd, dir)),
+                    Some(h) if wanted => ready.push(Ready::Native(h.clone_ref(py))),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !ready.is_empty() {
+        lock(&core.sched).ready.extend(ready);
+    }
+    for (fd, dir) in stale {
+        remove_fd(slf, fd, dir)?;
+    }
+    Ok(())
+}

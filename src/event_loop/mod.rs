@@ -1,0 +1,405 @@
+//! The loop core: ready queue, timers, fd callbacks and the run loop.
+//!
+//! `LoopCore` is the Rust base class of `ferroloop.Loop`. This file holds its
+//! state and the `#[pymethods]` table, which stays thin: each method checks
+//! its arguments the way asyncio does and calls into
+//! - [`scheduling`]: `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`,
+//! - [`run`]: one iteration of the loop (`_run_once`),
+//! - [`fd_callbacks`]: `add_reader`/`add_writer` and their removal.
+
+mod fd_callbacks;
+mod run;
+mod scheduling;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use mio::Waker;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::clock;
+use crate::handles::{Handle, TimerHandle};
+use crate::poller::{Poller, Registrar};
+use crate::timer_heap::TimerHeap;
+
+pub use fd_callbacks::FdTable;
+
+/// An entry of the ready queue: our own handle, or any object with asyncio's
+/// `_run()`/`_cancelled` protocol (asyncio.Handle from borrowed stdlib code).
+pub enum Ready {
+    Native(Py<Handle>),
+    Foreign(Py<PyAny>),
+}
+
+/// Ready queue and timers, behind one lock that is never held while Python runs.
+#[derive(Default)]
+pub struct Scheduler {
+    pub ready: VecDeque<Ready>,
+    pub timers: TimerHeap<Py<TimerHandle>>,
+    /// While true the loop is (about to be) blocked in poll and another
+    /// thread that adds work must wake it.
+    pub polling: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
+pub struct LoopCore {
+    sched: Mutex<Scheduler>,
+    poller: Mutex<Option<Poller>>,
+    registrar: Registrar,
+    waker: Waker,
+    fds: Mutex<FdTable>,
+    timer_cancelled_count: AtomicUsize,
+    debug: AtomicBool,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    thread_id: AtomicU64,
+    slow_callback_duration: AtomicU64,
+    current_handle: Mutex<Option<Py<PyAny>>>,
+    clock_resolution: f64,
+    /// Python 3.11+ rejects `None` delays/deadlines with its own message.
+    rejects_none_deadline: bool,
+}
+
+impl LoopCore {
+    #[inline]
+    pub fn debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    pub fn timer_cancelled(&self) {
+        self.timer_cancelled_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    fn check_thread(&self) -> PyResult<()> {
+        let tid = self.thread_id.load(Ordering::Relaxed);
+        if tid != 0 && tid != crate::pyhelpers::thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Debug-mode checks shared by the scheduling methods (asyncio's
+    /// `_check_thread` + `_check_callback`).
+    fn debug_checks(slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>, method: &str, check_thread: bool) -> PyResult<()> {
+        if check_thread {
+            slf.get().check_thread()?;
+        }
+        slf.call_method1(pyo3::intern!(slf.py(), "_check_callback"), (callback, method))?;
+        Ok(())
+    }
+
+    fn wake(&self) {
+        // A full eventfd or a closed loop is not worth reporting: the loop
+        // is either already awake or gone.
+        let _ = self.waker.wake();
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let (poller, registrar, waker) = Poller::new()?;
+        Ok(LoopCore {
+            sched: Mutex::new(Scheduler::default()),
+            poller: Mutex::new(Some(poller)),
+            registrar,
+            waker,
+            fds: Mutex::new(FdTable::default()),
+            timer_cancelled_count: AtomicUsize::new(0),
+            debug: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
+            current_handle: Mutex::new(None),
+            clock_resolution: clock::resolution(),
+            rejects_none_deadline: py.version_info() >= (3, 11),
+        })
+    }
+
+    // ----- clock and state -------------------------------------------------
+
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug()
+    }
+
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_closed()
+    }
+
+    fn _check_thread(&self) -> PyResult<()> {
+        self.check_thread()
+    }
+
+    #[getter(_debug)]
+    fn attr_debug(&self) -> bool {
+        self.debug()
+    }
+
+    #[setter(_debug)]
+    fn set_attr_debug(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    #[getter(_closed)]
+    fn attr_closed(&self) -> bool {
+        self.is_closed()
+    }
+
+    #[getter(_stopping)]
+    fn attr_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[setter(_stopping)]
+    fn set_attr_stopping(&self, value: bool) {
+        self.stopping.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_thread_id)]
+    fn attr_thread_id(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            tid => Some(tid),
+        }
+    }
+
+    #[setter(_thread_id)]
+    fn set_attr_thread_id(&self, value: Option<u64>) {
+        self.thread_id.store(value.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self) -> f64 {
+        f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed))
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, value: f64) {
+        self.slow_callback_duration.store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    #[getter(_clock_resolution)]
+    fn attr_clock_resolution(&self) -> f64 {
+        self.clock_resolution
+    }
+
+    #[getter(_current_handle)]
+    fn attr_current_handle(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.current_handle).as_ref().map(|h| h.clone_ref(py))
+    }
+
+    #[getter(_timer_cancelled_count)]
+    fn attr_timer_cancelled_count(&self) -> usize {
+        self.timer_cancelled_count.load(Ordering::Relaxed)
+    }
+
+    fn _ready_count(&self) -> usize {
+        lock(&self.sched).ready.len()
+    }
+
+    fn _scheduled_count(&self) -> usize {
+        lock(&self.sched).timers.len()
+    }
+
+    // ----- scheduling (scheduling.rs) --------------------------------------
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        scheduling::call_soon(slf, callback, args, context, "call_soon")
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        scheduling::call_soon(slf, callback, args, context, "call_soon_threadsafe")
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(slf: &Bound<'_, Self>, delay: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        scheduling::call_later(slf, delay, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(slf: &Bound<'_, Self>, when: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        scheduling::call_at(slf, when, callback, args, context)
+    }
+
+    /// An unscheduled handle (for signal handlers), like `events.Handle(...)`.
+    #[pyo3(signature = (callback, args, context=None))]
+    fn _new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        scheduling::new_handle(slf, callback, args, context)
+    }
+
+    /// Append an existing handle to the ready queue unless it is cancelled.
+    fn _add_callback(&self, handle: Bound<'_, PyAny>) -> PyResult<()> {
+        scheduling::add_callback(self, handle)
+    }
+
+    fn _write_to_self(&self) {
+        self.wake();
+    }
+
+    fn _timer_handle_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Our TimerHandle counts itself; an asyncio.TimerHandle bound to this
+        // loop reports here, but is never in our heap.
+        let _ = handle;
+        Ok(())
+    }
+
+    // ----- running (run.rs) -------------------------------------------------
+
+    /// The body of `run_forever`: iterate until `stop()`.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        run::run_until_stopped(slf)
+    }
+
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        run::run_once(slf)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // stop() from another thread must not leave the loop asleep.
+        if lock(&self.sched).polling {
+            self.wake();
+        }
+    }
+
+    /// Drop everything scheduled and release the poller (asyncio's close()
+    /// minus the parts written in Python).
+    fn _close_core(&self, py: Python<'_>) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (ready, timers) = {
+            let mut s = lock(&self.sched);
+            (std::mem::take(&mut s.ready), s.timers.take_all())
+        };
+        for t in &timers {
+            t.item.get().set_scheduled(false);
+        }
+        let fd_handles = lock(&self.fds).take_all();
+        let poller = lock(&self.poller).take();
+        // Dropped here, with no lock held: finalizers may run Python code.
+        drop((ready, timers, fd_handles, poller));
+        let _ = py;
+    }
+
+    // ----- fd callbacks (fd_callbacks.rs) ------------------------------------
+
+    fn add_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, "add_reader").map(drop)
+    }
+
+    fn add_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, "add_writer").map(drop)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Read)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write)
+    }
+
+    /// asyncio's internal `_add_reader`: returns the handle (used by sock_*).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, "")
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, "")
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Read)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write)
+    }
+
+    /// `(reader_handle, writer_handle)` registered for `fd`, for introspection.
+    fn _fd_handles(&self, py: Python<'_>, fd: i32) -> (Option<Py<Handle>>, Option<Py<Handle>>) {
+        lock(&self.fds).get(py, fd)
+    }
+
+    // ----- garbage collection ----------------------------------------------
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(s) = self.sched.try_lock() {
+            for r in &s.ready {
+                match r {
+                    Ready::Native(h) => visit.call(h)?,
+                    Ready::Foreign(h) => visit.call(h)?,
+                }
+            }
+            for t in s.timers.iter() {
+                visit.call(&t.item)?;
+            }
+        }
+        if let Ok(f) = self.fds.try_lock() {
+            f.traverse(&visit)?;
+        }
+        if let Ok(h) = self.current_handle.try_lock() {
+            if let Some(h) = h.as_ref() {
+                visit.call(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.sched.try_lock().ok().map(|mut s| (std::mem::take(&mut s.ready), s.timers.take_all()));
+        let fds = self.fds.try_lock().ok().map(|mut f| f.take_all());
+        drop((taken, fds));
+    }
+}
+
+/// Raise asyncio's TypeError for a `None` delay or deadline (3.11+).
+fn reject_none(core: &LoopCore, value: &Bound<'_, PyAny>, message: &'static str) -> PyResult<()> {
+    if core.rejects_none_deadline && value.is_none() {
+        return Err(PyTypeError::new_err(message));
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! One iteration of the loop, step for step as asyncio's `_run_once`:
+//! prune cancelled timers, poll, queue fd callbacks, queue due timers, then
+//! run exactly the callbacks that were ready when the run phase began.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+use super::{fd_callbacks, lock, LoopCore, Ready};
+use crate::clock;
+use crate::poller::{Poller, Readiness};
+use crate::pyhelpers;
+
+/// asyncio's `_MIN_SCHEDULED_TIMER_HANDLES` and `_MIN_CANCELLED_TIMER_HANDLES_FRACTION`.
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+const MIN_CANCELLED_TIMER_HANDLES_FRACTION: f64 = 0.5;
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`.
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// `while True: _run_once(); if _stopping: break`
+pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let core = slf.get();
+    let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
+    let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+    let mut events = Vec::with_capacity(64);
+    loop {
+        iterate(slf, poller, &mut events)?;
+        if core.stopping.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+}
+
+pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let core = slf.get();
+    let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
+    let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+    iterate(slf, poller, &mut Vec::new())
+}
+
+fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Readiness>) -> PyResult<()> {
+    let py = slf.py();
+    let core = slf.get();
+
+    let timeout = prune_and_compute_timeout(py, core);
+
+    events.clear();
+    let polled = if timeout == Some(Duration::ZERO) {
+        poller.poll(timeout, events)
+    } else {
+        py.detach(|| poller.poll(timeout, events))
+    };
+    lock(&core.sched).polling = false;
+    match polled {
+        Ok(()) => {}
+        // A signal arrived: run Python's handlers now (Ctrl-C raises here).
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
+        Err(e) => return Err(e.into()),
+    }
+    if !events.is_empty() {
+        fd_callbacks::dispatch(slf, events)?;
+    }
+
+    queue_due_timers(py, core);
+    run_ready(slf)
+}
+
+/// Drop cancelled timers (all of them when they are the majority, else those
+/// at the head) and work out how long poll may block.
+fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration> {
+    let cancelled = core.timer_cancelled_count.load(Ordering::Relaxed);
+    let mut pruned = Vec::new();
+    let mut s = lock(&core.sched);
+    let scheduled = s.timers.len();
+    if scheduled > MIN_SCHEDULED_TIMER_HANDLES && cancelled as f64 / scheduled as f64 > MIN_CANCELLED_TIMER_HANDLES_FRACTION {
+        pruned = s.timers.retain_and_heapify(|e| !e.item.bind(py).as_super().get().is_cancelled());
+        core.timer_cancelled_count.store(0, Ordering::Relaxed);
+    } else {
+        while s.timers.peek().is_some_and(|e| e.item.bind(py).as_super().get().is_cancelled()) {
+            let _ = core.timer_cancelled_count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(1)));
+            pruned.extend(s.timers.pop());
+        }
+    }
+    for e in &pruned {
+        e.item.get().set_scheduled(false);
+    }
+    let timeout = if !s.ready.is_empty() || core.stopping.load(Ordering::Relaxed) {
+        Some(Duration::ZERO)
+    } else if let Some(first) = s.timers.peek() {
+        let secs = (first.when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+        Some(Duration::from_secs_f64(secs))
+    } else {
+        None
+    };
+    s.polling = timeout != Some(Duration::ZERO);
+    drop(s);
+    // Released only now that no lock is held: finalizers may run Python code.
+    drop(pruned);
+    timeout
+}
+
+/// Move the timers whose deadline has come (within the clock's resolution)
+/// to the ready queue.
+fn queue_due_timers(py: Python<'_>, core: &LoopCore) {
+    let end_time = clock::monotonic() + core.clock_resolution;
+    let mut s = lock(&core.sched);
+    while s.timers.peek().is_some_and(|e| e.when < end_time) {
+        let Some(entry) = s.timers.pop() else { break };
+        entry.item.get().set_scheduled(false);
+        let handle = entry.item.into_bound(py).into_super().unbind();
+        s.ready.push_back(Ready::Native(handle));
+    }
+}
+
+/// Run the callbacks that are ready now; those they schedule wait for the
+/// next iteration. An exception that escapes a handle (SystemExit,
+/// KeyboardInterrupt) leaves the rest queued, as in asyncio.
+fn run_ready(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let py = slf.py();
+    let core = slf.get();
+    let ntodo = lock(&core.sched).ready.len();
+    for _ in 0..ntodo {
+        let Some(item) = lock(&core.sched).ready.pop_front() else { break };
+        let handle = match item {
+            Ready::Native(h) => {
+                let h = h.into_bound(py);
+                if h.get().is_cancelled() {
+                    continue;
+                }
+                h.into_any()
+            }
+            Ready::Foreign(h) => {
+                let h = h.into_bound(py);
+                if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
+                    continue;
+                }
+                h
+            }
+        };
+        if core.debug() {
+            run_timed(slf, &handle)?;
+        } else {
+            run_handle(&handle)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_handle(handle: &Bound<'_, PyAny>) -> PyResult<()> {
+    match handle.cast::<crate::handles::Handle>() {
+        Ok(h) => h.get().run(handle),
+        Err(_) => handle.call_method0(pyo3::intern!(handle.py(), "_run")).map(drop),
+    }
+}
+
+/// Debug mode: remember the current handle and warn about slow callbacks.
+fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+    let core = slf.get();
+    let previous = lock(&core.current_handle).replace(handle.clone().unbind());
+    drop(previous);
+    let t0 = clock::monotonic();
+    let result = run_handle(handle).and_then(|()| {
+        let dt = clock::monotonic() - t0;
+        if dt >= f64::from_bits(core.slow_callback_duration.load(Ordering::Relaxed)) {
+            pyhelpers::warn_slow_callback(slf.py(), handle, dt)?;
+        }
+        Ok(())
+    });
+    let current = lock(&core.current_handle).take();
+    drop(current);
+    result
+}

@@ -1,0 +1,95 @@
+//! `call_soon`, `call_soon_threadsafe`, `call_later` and `call_at`: build the
+//! handle and queue it. asyncio's checks are kept in asyncio's order (the
+//! closed check first, then debug-mode thread/callback checks).
+
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyTuple};
+use pyo3::PyClassInitializer;
+
+use super::{lock, reject_none, LoopCore, Ready};
+use crate::clock;
+use crate::handles::{Handle, TimerHandle};
+use crate::pyhelpers;
+
+fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Handle> {
+    let py = slf.py();
+    let context = match context {
+        Some(c) if !c.is_none() => c.unbind(),
+        _ => pyhelpers::copy_context(py)?,
+    };
+    let source_traceback = if slf.get().debug() { Some(pyhelpers::extract_stack(py)?) } else { None };
+    Ok(Handle::new(callback.unbind(), args.unbind(), context, slf.clone().into_any().unbind(), source_traceback))
+}
+
+pub fn new_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+    Py::new(slf.py(), make_handle(slf, callback, args, context)?)
+}
+
+/// `call_soon` and `call_soon_threadsafe`, which differ only in the thread
+/// check and in waking a loop that sleeps in poll.
+pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &'static str) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let core = slf.get();
+    core.check_closed()?;
+    let threadsafe = method == "call_soon_threadsafe";
+    if core.debug() {
+        LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
+    }
+    let handle = Py::new(py, make_handle(slf, callback, args, context)?)?;
+    let sleeping = {
+        let mut s = lock(&core.sched);
+        s.ready.push_back(Ready::Native(handle.clone_ref(py)));
+        s.polling
+    };
+    if threadsafe && sleeping {
+        core.wake();
+    }
+    Ok(handle)
+}
+
+pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    reject_none(slf.get(), &delay, "delay must not be None")?;
+    let now = clock::monotonic();
+    let when = match delay.extract::<f64>() {
+        Ok(d) => now + d,
+        // Let Python raise exactly what `loop.time() + delay` raises.
+        Err(_) => PyFloat::new(slf.py(), now).add(&delay)?.extract()?,
+    };
+    // asyncio's call_later goes through call_at, whose name its checks report.
+    schedule_at(slf, when, callback, args, context)
+}
+
+pub fn call_at(slf: &Bound<'_, LoopCore>, when: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    reject_none(slf.get(), &when, "when cannot be None")?;
+    schedule_at(slf, when.extract()?, callback, args, context)
+}
+
+fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+    let py = slf.py();
+    let core = slf.get();
+    core.check_closed()?;
+    if core.debug() {
+        LoopCore::debug_checks(slf, &callback, "call_at", true)?;
+    }
+    let init = PyClassInitializer::from(make_handle(slf, callback, args, context)?).add_subclass(TimerHandle::new(when));
+    let timer = Py::new(py, init)?;
+    lock(&core.sched).timers.push(when, timer.clone_ref(py));
+    Ok(timer)
+}
+
+/// asyncio's `_add_callback`: queue an existing handle unless it is cancelled.
+pub fn add_callback(core: &LoopCore, handle: Bound<'_, PyAny>) -> PyResult<()> {
+    let entry = match handle.cast_into::<Handle>() {
+        Ok(h) if h.get().is_cancelled() => return Ok(()),
+        Ok(h) => Ready::Native(h.unbind()),
+        Err(e) => {
+            let handle = e.into_inner();
+            if handle.getattr(pyo3::intern!(handle.py(), "_cancelled"))?.is_truthy()? {
+                return Ok(());
+            }
+            Ready::Foreign(handle.unbind())
+        }
+    };
+    lock(&core.sched).ready.push_back(entry);
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! ferroloop's native core. The module is a table of contents:
+//!
+//! - [`clock`]: the monotonic clock `loop.time()` reads,
+//! - [`timer_heap`]: timers in deadline order, ties as `heapq` breaks them,
+//! - [`poller`]: mio polling plus level-triggered fd interest,
+//! - [`handles`]: `Handle` and `TimerHandle`,
+//! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
+//! - [`pyhelpers`]: calls into the package's Python helpers.
+
+pub mod clock;
+pub mod event_loop;
+pub mod handles;
+pub mod poller;
+pub mod pyhelpers;
+pub mod timer_heap;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    Ok(())
+}
