@@ -51,9 +51,14 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Read
     let polled = if timeout == Some(Duration::ZERO) {
         poller.poll(timeout, events)
     } else {
-        py.detach(|| poller.poll(timeout, events))
+        py.detach(|| {
+            let polled = poller.poll(timeout, events);
+            // Cleared before waiting for the GIL, so threads that keep
+            // scheduling meanwhile do not wake us again and again.
+            lock(&core.sched).polling = false;
+            polled
+        })
     };
-    lock(&core.sched).polling = false;
     match polled {
         Ok(()) => {}
         // A signal arrived: run Python's handlers now (Ctrl-C raises here).
