@@ -23,7 +23,7 @@ pub struct Callback {
     pub args: Py<PyTuple>,
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass, freelist = 512)]
+#[pyclass(module = "ferroloop", frozen, subclass)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     context: Py<PyAny>,

@@ -17,6 +17,17 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|m| m.bind(py))
 }
 
+static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.Future(loop=loop)`: the C-accelerated future, bound to our loop.
+pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_obj.py();
+    let future_type = FUTURE_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio")?.getattr("Future")?.unbind()))?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item(pyo3::intern!(py, "loop"), loop_obj)?;
+    future_type.bind(py).call((), Some(&kwargs))
+}
+
 /// `contextvars.copy_context()`
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.

@@ -4,7 +4,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -90,7 +90,7 @@ impl FdTable {
 }
 
 /// `selectors._fileobj_to_fd`: an int, or an object with a `fileno()`.
-pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
     let fd: i64 = if obj.is_instance_of::<pyo3::types::PyInt>() {
         obj.extract()?
     } else {
@@ -98,10 +98,15 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             .and_then(|f| f.extract::<i64>())
             .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?
     };
-    if fd < 0 || fd > i32::MAX as i64 {
+    if fd < 0 {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    Ok(fd as RawFd)
+    Ok(fd)
+}
+
+/// An fd number the kernel can take, or epoll's OverflowError.
+fn to_raw_fd(fd: i64) -> PyResult<RawFd> {
+    RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("signed integer is greater than maximum"))
 }
 
 /// Register `callback(*args)` for `fd` in direction `dir`, replacing (and
@@ -118,17 +123,19 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
         core.check_closed()?;
         fd
     };
+    let fd = to_raw_fd(fd)?;
     let handle = super::scheduling::new_handle(slf, callback, args, None)?;
     let old = {
         let mut table = lock(&core.fds);
-        let slot = table.entry_mut(fd);
-        let registered = slot.is_some();
-        let (r, w) = match slot.as_ref() {
+        let current = table.entry(fd);
+        let registered = current.is_some();
+        let (r, w) = match current {
             Some(e) => (e.reader.is_some() || dir == Dir::Read, e.writer.is_some() || dir == Dir::Write),
             None => (dir == Dir::Read, dir == Dir::Write),
         };
+        // The kernel vets the fd before the table grows to hold it.
         core.registrar.set_level_interest(fd, r, w, registered)?;
-        let entry = slot.get_or_insert_with(|| FdEntry { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
+        let entry = table.entry_mut(fd).get_or_insert_with(|| FdEntry { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
         entry.fileobj = fileobj.clone().unbind();
         entry.slot(dir).replace(handle.clone_ref(py))
     };
@@ -143,7 +150,8 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
 pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Dir) -> PyResult<bool> {
     let core = slf.get();
     let fd = match fileobj_to_fd(fileobj) {
-        Ok(fd) => Some(fd),
+        // Too large to have been registered.
+        Ok(fd) => RawFd::try_from(fd).ok(),
         Err(err) => match lock(&core.fds).find_fileobj(fileobj) {
             Some(fd) => Some(fd),
             None if core.is_closed() => None,
@@ -164,7 +172,7 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
     let core = slf.get();
     let (old, emptied) = {
         let mut table = lock(&core.fds);
-        let slot = table.entry_mut(fd);
+        let Some(slot) = table.entries.get_mut(fd as usize) else { return Ok(false) };
         let Some(entry) = slot.as_mut() else { return Ok(false) };
         let old = entry.slot(dir).take();
         let (r, w) = (entry.reader.is_some(), entry.writer.is_some());

@@ -231,6 +231,10 @@ impl LoopCore {
         self.timer_cancelled_count.load(Ordering::Relaxed)
     }
 
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        crate::pyhelpers::new_future(slf.as_any())
+    }
+
     fn _ready_count(&self) -> usize {
         lock(&self.sched).ready.len()
     }
@@ -324,10 +328,12 @@ impl LoopCore {
 
     // ----- fd callbacks (fd_callbacks.rs) ------------------------------------
 
+    #[pyo3(signature = (fd, callback, *args))]
     fn add_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
         fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, "add_reader").map(drop)
     }
 
+    #[pyo3(signature = (fd, callback, *args))]
     fn add_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
         fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, "add_writer").map(drop)
     }

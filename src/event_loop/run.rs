@@ -95,7 +95,11 @@ fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration
     let timeout = if !s.ready.is_empty() || core.stopping.load(Ordering::Relaxed) {
         Some(Duration::ZERO)
     } else if let Some(first) = s.timers.peek() {
-        let secs = (first.when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+        // min(max(0, when - now), MAX) with Python's comparison semantics,
+        // so a NaN deadline gives 0 instead of a panic.
+        let wait = first.when - clock::monotonic();
+        let secs = if wait > 0.0 { wait } else { 0.0 };
+        let secs = if MAXIMUM_SELECT_TIMEOUT < secs { MAXIMUM_SELECT_TIMEOUT } else { secs };
         Some(Duration::from_secs_f64(secs))
     } else {
         None
@@ -112,7 +116,8 @@ fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration
 fn queue_due_timers(py: Python<'_>, core: &LoopCore) {
     let end_time = clock::monotonic() + core.clock_resolution;
     let mut s = lock(&core.sched);
-    while s.timers.peek().is_some_and(|e| e.when < end_time) {
+    // `if handle._when >= end_time: break`, NaN deadlines included.
+    while s.timers.peek().is_some_and(|e| !(e.when >= end_time)) {
         let Some(entry) = s.timers.pop() else { break };
         entry.item.get().set_scheduled(false);
         let handle = entry.item.into_bound(py).into_super().unbind();

@@ -1,0 +1,376 @@
+"""loop.sock_* methods on socketpairs and TCP/UDP loopback sockets."""
+
+import asyncio
+import hashlib
+import os
+import socket
+import sys
+
+import pytest
+
+from conftest import exc_outcome
+
+needs_311 = pytest.mark.skipif(sys.version_info < (3, 11),
+                               reason="sock_recvfrom/sendto are new in 3.11")
+
+
+def _pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _tcp_listener():
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.setblocking(False)
+    return srv
+
+
+def _udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+def run(loop, coro, timeout=20):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def test_sock_recv_sendall_socketpair(loop):
+    a, b = _pair()
+    with a, b:
+        async def main():
+            await loop.sock_sendall(a, b"hello world")
+            data = await loop.sock_recv(b, 1024)
+            reader = asyncio.ensure_future(loop.sock_recv(a, 1024))
+            await asyncio.sleep(0.01)
+            assert not reader.done()      # waits for data
+            await loop.sock_sendall(b, b"back")
+            return data, await reader
+        assert run(loop, main()) == (b"hello world", b"back")
+
+
+def test_sock_sendall_returns_none_and_recv_eof(loop):
+    a, b = _pair()
+    with a:
+        async def main():
+            r = await loop.sock_sendall(b, b"x")
+            b.close()
+            return r, await loop.sock_recv(a, 10), await loop.sock_recv(a, 10)
+        assert run(loop, main()) == (None, b"x", b"")
+
+
+@pytest.mark.parametrize("buf_kind", ["bytearray", "memoryview"])
+def test_sock_recv_into(loop, buf_kind):
+    a, b = _pair()
+    with a, b:
+        async def main():
+            buf = bytearray(16)
+            target = buf if buf_kind == "bytearray" else memoryview(buf)[4:]
+            fut = asyncio.ensure_future(loop.sock_recv_into(a, target))
+            await asyncio.sleep(0.01)
+            await loop.sock_sendall(b, b"abcdef")
+            n = await fut
+            return n, bytes(buf)
+        n, buf = run(loop, main())
+        assert n == 6
+        if buf_kind == "bytearray":
+            assert buf[:6] == b"abcdef"
+        else:
+            assert buf[4:10] == b"abcdef"
+
+
+def test_tcp_accept_connect(loop):
+    srv = _tcp_listener()
+    with srv:
+        port = srv.getsockname()[1]
+
+        async def main():
+            cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            cli.setblocking(False)
+            with cli:
+                acc = asyncio.ensure_future(loop.sock_accept(srv))
+                await asyncio.sleep(0.01)
+                assert not acc.done()
+                r = await loop.sock_connect(cli, ("127.0.0.1", port))
+                conn, addr = await acc
+                with conn:
+                    assert conn.gettimeout() == 0.0  # non-blocking
+                    assert addr == cli.getsockname()
+                    await loop.sock_sendall(cli, b"ping")
+                    got = await loop.sock_recv(conn, 10)
+                    await loop.sock_sendall(conn, b"pong")
+                    back = await loop.sock_recv(cli, 10)
+                    return r, got, back
+        assert run(loop, main()) == (None, b"ping", b"pong")
+
+
+def test_sock_connect_resolves_localhost(loop):
+    srv = _tcp_listener()
+    with srv:
+        port = srv.getsockname()[1]
+
+        async def main():
+            cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            cli.setblocking(False)
+            with cli:
+                await loop.sock_connect(cli, ("localhost", port))
+                conn, _ = await loop.sock_accept(srv)
+                conn.close()
+                return cli.getpeername()
+        assert run(loop, main()) == ("127.0.0.1", port)
+
+
+def test_sock_connect_refused(same):
+    async def scenario(loop, trace):
+        s = _tcp_listener()
+        port = s.getsockname()[1]
+        s.close()
+        cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        cli.setblocking(False)
+        with cli:
+            try:
+                await loop.sock_connect(cli, ("127.0.0.1", port))
+            except OSError as e:
+                trace.append((type(e).__name__, e.errno))
+
+    import errno
+    assert same(scenario) == [("ConnectionRefusedError", errno.ECONNREFUSED)]
+
+
+def test_many_concurrent_accepts_and_connects(loop):
+    srv = _tcp_listener()
+    with srv:
+        port = srv.getsockname()[1]
+
+        async def client(i):
+            c = socket.socket()
+            c.setblocking(False)
+            with c:
+                await loop.sock_connect(c, ("127.0.0.1", port))
+                await loop.sock_sendall(c, b"%d;" % i)
+                return await loop.sock_recv(c, 100)
+
+        async def server(n):
+            got = []
+            for _ in range(n):
+                conn, _ = await loop.sock_accept(srv)
+                with conn:
+                    data = await loop.sock_recv(conn, 100)
+                    got.append(data)
+                    await loop.sock_sendall(conn, data.upper() + b"ok")
+            return got
+
+        async def main():
+            n = 30
+            s = asyncio.ensure_future(server(n))
+            replies = await asyncio.gather(*(client(i) for i in range(n)))
+            return sorted(await s), sorted(replies)
+        got, replies = run(loop, main())
+        assert got == sorted(b"%d;" % i for i in range(30))
+        assert replies == sorted(b"%d;ok" % i for i in range(30))
+
+
+@pytest.mark.parametrize("size", [8 * 1024 * 1024])
+def test_large_sendall_no_data_loss(loop, size):
+    a, b = _pair()
+    with a, b:
+        payload = os.urandom(1024) * (size // 1024)
+
+        async def reader():
+            h = hashlib.sha256()
+            n = 0
+            while n < size:
+                chunk = await loop.sock_recv(b, 256 * 1024)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+            return n, h.hexdigest()
+
+        async def main():
+            r = asyncio.ensure_future(reader())
+            await loop.sock_sendall(a, payload)
+            return await r
+        n, digest = run(loop, main())
+        assert n == size
+        assert digest == hashlib.sha256(payload).hexdigest()
+
+
+def test_large_sendall_tcp_memoryview(loop):
+    srv = _tcp_listener()
+    size = 4 * 1024 * 1024
+    payload = bytes(range(256)) * (size // 256)
+    with srv:
+        async def main():
+            cli = socket.socket()
+            cli.setblocking(False)
+            with cli:
+                await loop.sock_connect(cli, srv.getsockname())
+                conn, _ = await loop.sock_accept(srv)
+                with conn:
+                    async def read_all():
+                        parts = []
+                        while True:
+                            d = await loop.sock_recv(conn, 65536)
+                            if not d:
+                                return b"".join(parts)
+                            parts.append(d)
+                    r = asyncio.ensure_future(read_all())
+                    await loop.sock_sendall(cli, memoryview(payload))
+                    cli.shutdown(socket.SHUT_WR)
+                    return await r
+        assert run(loop, main()) == payload
+
+
+@pytest.mark.parametrize("method", ["sock_recv", "sock_recv_into"])
+def test_cancel_pending_recv_loses_no_data(loop, method):
+    a, b = _pair()
+    with a, b:
+        async def main():
+            buf = bytearray(100)
+            args = (a, 100) if method == "sock_recv" else (a, buf)
+            t = asyncio.ensure_future(getattr(loop, method)(*args))
+            await asyncio.sleep(0.01)
+            t.cancel()
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            else:  # pragma: no cover
+                raise AssertionError("not cancelled")
+            await loop.sock_sendall(b, b"after-cancel")
+            await asyncio.sleep(0.01)
+            data = await loop.sock_recv(a, 100)
+            # and the socket keeps working for a second round
+            t2 = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            await loop.sock_sendall(b, b"second")
+            return data, await t2
+        assert run(loop, main()) == (b"after-cancel", b"second")
+
+
+def test_cancel_pending_accept_then_accept_again(loop):
+    srv = _tcp_listener()
+    with srv:
+        async def main():
+            t = asyncio.ensure_future(loop.sock_accept(srv))
+            await asyncio.sleep(0.01)
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+            cli = socket.socket()
+            cli.setblocking(False)
+            with cli:
+                await loop.sock_connect(cli, srv.getsockname())
+                conn, _ = await loop.sock_accept(srv)
+                conn.close()
+            return t.cancelled()
+        assert run(loop, main()) is True
+
+
+def test_concurrent_recv_on_two_sockets(loop):
+    a1, b1 = _pair()
+    a2, b2 = _pair()
+    with a1, b1, a2, b2:
+        async def main():
+            r1 = asyncio.ensure_future(loop.sock_recv(a1, 10))
+            r2 = asyncio.ensure_future(loop.sock_recv(a2, 10))
+            await asyncio.sleep(0.01)
+            await loop.sock_sendall(b2, b"two")
+            await loop.sock_sendall(b1, b"one")
+            return await r1, await r2
+        assert run(loop, main()) == (b"one", b"two")
+
+
+@pytest.mark.uvloop_differs("uvloop lacks sock_recvfrom")
+@needs_311
+def test_udp_sendto_recvfrom(loop):
+    s1, s2 = _udp(), _udp()
+    with s1, s2:
+        async def main():
+            r = asyncio.ensure_future(loop.sock_recvfrom(s2, 100))
+            await asyncio.sleep(0.01)
+            n = await loop.sock_sendto(s1, b"dgram", s2.getsockname())
+            data, addr = await r
+            buf = bytearray(100)
+            await loop.sock_sendto(s2, b"reply", s1.getsockname())
+            nbytes, addr2 = await loop.sock_recvfrom_into(s1, buf)
+            return n, data, addr, bytes(buf[:nbytes]), addr2
+        n, data, addr, reply, addr2 = run(loop, main())
+        assert (n, data, reply) == (5, b"dgram", b"reply")
+        assert addr == s1.getsockname()
+        assert addr2 == s2.getsockname()
+
+
+@pytest.mark.uvloop_differs("uvloop lacks sock_recvfrom_into")
+@needs_311
+def test_sock_recvfrom_into_nbytes(loop):
+    s1, s2 = _udp(), _udp()
+    with s1, s2:
+        async def main():
+            await loop.sock_sendto(s1, b"0123456789", s2.getsockname())
+            buf = bytearray(20)
+            n, addr = await loop.sock_recvfrom_into(s2, buf, 4)
+            return n, bytes(buf[:n])
+        assert run(loop, main()) == (4, b"0123")
+
+
+def _blocking_calls(loop, s, buf):
+    yield "sock_recv", lambda: loop.sock_recv(s, 1)
+    yield "sock_recv_into", lambda: loop.sock_recv_into(s, buf)
+    yield "sock_sendall", lambda: loop.sock_sendall(s, b"x")
+    yield "sock_connect", lambda: loop.sock_connect(s, ("127.0.0.1", 1))
+    yield "sock_accept", lambda: loop.sock_accept(s)
+    if sys.version_info >= (3, 11):
+        yield "sock_recvfrom", lambda: loop.sock_recvfrom(s, 1)
+        yield "sock_recvfrom_into", lambda: loop.sock_recvfrom_into(s, buf)
+        yield "sock_sendto", lambda: loop.sock_sendto(s, b"x",
+                                                      ("127.0.0.1", 9))
+
+
+@pytest.mark.uvloop_differs("uvloop does not check blocking sockets")
+def test_blocking_socket_in_debug_mode_raises(same):
+    async def scenario(loop, trace):
+        s = socket.socket()     # blocking
+        with s:
+            for name, call in _blocking_calls(loop, s, bytearray(4)):
+                try:
+                    await call()
+                except Exception as e:
+                    trace.append((name, type(e).__name__, str(e)))
+                else:  # pragma: no cover
+                    trace.append((name, "no error"))
+
+    t = same(scenario, debug=True)
+    assert all(x[1:] == ("ValueError", "the socket must be non-blocking")
+               for x in t), t
+
+
+def test_sock_recv_zero_bytes(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        with a, b:
+            b.send(b"x")
+            trace.append(await loop.sock_recv(a, 0))
+            trace.append(await loop.sock_recv(a, 10))
+
+    assert same(scenario) == [b"", b"x"]
+
+
+@pytest.mark.uvloop_differs("uvloop raises ValueError")
+def test_sock_recv_on_closed_socket_error_type(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        b.close()
+        a.close()
+        try:
+            await loop.sock_recv(a, 10)
+        except Exception as e:
+            trace.append(type(e).__name__)
+
+    same(scenario)
