@@ -7,7 +7,6 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-use crate::event_loop::LoopCore;
 
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -32,14 +31,6 @@ pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAn
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
-}
-
-/// `loop.get_debug()`, read directly when the loop is ours.
-pub fn loop_debug(py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    match loop_obj.cast::<LoopCore>() {
-        Ok(core) => Ok(core.get().debug()),
-        Err(_) => loop_obj.call_method0(pyo3::intern!(py, "get_debug"))?.is_truthy(),
-    }
 }
 
 pub fn handle_repr<'py>(py: Python<'py>, handle: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {

@@ -12,7 +12,7 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, futures, selector_events, unix_events
+from asyncio import base_events, coroutines, events, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -31,6 +31,12 @@ def _reuse(cls, *names):
     return decorate
 
 
+def _read_from_self(loop_ref):
+    loop = loop_ref()
+    if loop is not None:
+        loop._read_from_self()
+
+
 @_reuse(base_events.BaseEventLoop,
         "__repr__", "__del__", "_check_running", "_check_callback", "set_debug",
         "_set_coroutine_origin_tracking", "run_until_complete",
@@ -43,12 +49,12 @@ def _reuse(cls, *names):
         "default_exception_handler", "call_exception_handler",
         "_add_callback_signalsafe")
 @_reuse(selector_events.BaseSelectorEventLoop,
-        "_make_self_pipe", "_close_self_pipe", "_read_from_self", "_ensure_fd_no_transport",
+        "_close_self_pipe", "_read_from_self", "_ensure_fd_no_transport",
         "sock_recv", "_sock_recv", "sock_recv_into", "_sock_recv_into",
         "sock_recvfrom", "_sock_recvfrom", "sock_recvfrom_into", "_sock_recvfrom_into",
         "sock_sendall", "_sock_sendall", "sock_sendto", "_sock_sendto",
         "sock_connect", "_sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
-        "_sock_read_done", "_sock_write_done")
+        "_sock_read_done", "_sock_write_done", "_stop_serving")
 @_reuse(unix_events._UnixSelectorEventLoop,
         "_process_self_data", "add_signal_handler", "remove_signal_handler",
         "_handle_signal", "_check_signal")
@@ -73,6 +79,17 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._internal_fds = 0
         self._make_self_pipe()
         self.set_debug(coroutines._is_debug_mode())
+
+    def _make_self_pipe(self):
+        # asyncio's self-pipe (the wakeup fd of signal handlers), but its
+        # reader holds the loop weakly: ferroloop's handles are invisible to
+        # the cycle collector, so a bound method here would keep an unclosed
+        # loop alive forever.
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._internal_fds += 1
+        self._add_reader(self._ssock.fileno(), _read_from_self, weakref.ref(self))
 
     # ----- running ----------------------------------------------------------
 
@@ -127,8 +144,3 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
                           f"stage, skipping signal handlers removal",
                           ResourceWarning, source=self)
             self._signal_handlers.clear()
-
-    # ----- futures ----------------------------------------------------------
-
-    def create_future(self):
-        return futures.Future(loop=self)

@@ -28,6 +28,13 @@ pub struct FdEntry {
 }
 
 impl FdEntry {
+    /// Drop the callbacks (the loop is closing).
+    pub fn release_handles(&self) {
+        for h in [&self.reader, &self.writer].into_iter().flatten() {
+            h.get().release(true);
+        }
+    }
+
     fn slot(&mut self, dir: Dir) -> &mut Option<Py<Handle>> {
         match dir {
             Dir::Read => &mut self.reader,
@@ -124,7 +131,7 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
         fd
     };
     let fd = to_raw_fd(fd)?;
-    let handle = super::scheduling::new_handle(slf, callback, args, None)?;
+    let handle = super::scheduling::new_fd_handle(slf, callback, args)?;
     let old = {
         let mut table = lock(&core.fds);
         let current = table.entry(fd);

@@ -12,8 +12,8 @@ mod run;
 mod scheduling;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::clock;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{Handle, LoopShared, TimerHandle};
 use crate::poller::{Poller, Registrar};
 use crate::timer_heap::TimerHeap;
 
@@ -56,8 +56,8 @@ pub struct LoopCore {
     registrar: Registrar,
     waker: Waker,
     fds: Mutex<FdTable>,
-    timer_cancelled_count: AtomicUsize,
-    debug: AtomicBool,
+    /// Debug flag and cancelled-timer count, shared with the handles.
+    shared: Arc<LoopShared>,
     closed: AtomicBool,
     stopping: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
@@ -72,11 +72,7 @@ pub struct LoopCore {
 impl LoopCore {
     #[inline]
     pub fn debug(&self) -> bool {
-        self.debug.load(Ordering::Relaxed)
-    }
-
-    pub fn timer_cancelled(&self) {
-        self.timer_cancelled_count.fetch_add(1, Ordering::Relaxed);
+        self.shared.debug.load(Ordering::Relaxed)
     }
 
     #[inline]
@@ -126,8 +122,7 @@ impl LoopCore {
             registrar,
             waker,
             fds: Mutex::new(FdTable::default()),
-            timer_cancelled_count: AtomicUsize::new(0),
-            debug: AtomicBool::new(false),
+            shared: LoopShared::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
@@ -146,10 +141,6 @@ impl LoopCore {
 
     fn get_debug(&self) -> bool {
         self.debug()
-    }
-
-    fn _set_debug_flag(&self, enabled: bool) {
-        self.debug.store(enabled, Ordering::Relaxed);
     }
 
     fn is_running(&self) -> bool {
@@ -175,7 +166,7 @@ impl LoopCore {
 
     #[setter(_debug)]
     fn set_attr_debug(&self, enabled: bool) {
-        self.debug.store(enabled, Ordering::Relaxed);
+        self.shared.debug.store(enabled, Ordering::Relaxed);
     }
 
     #[getter(_closed)]
@@ -228,7 +219,7 @@ impl LoopCore {
 
     #[getter(_timer_cancelled_count)]
     fn attr_timer_cancelled_count(&self) -> usize {
-        self.timer_cancelled_count.load(Ordering::Relaxed)
+        self.shared.timer_cancelled_count.load(Ordering::Relaxed)
     }
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
@@ -263,12 +254,6 @@ impl LoopCore {
     #[pyo3(signature = (when, callback, *args, context=None))]
     fn call_at(slf: &Bound<'_, Self>, when: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
         scheduling::call_at(slf, when, callback, args, context)
-    }
-
-    /// An unscheduled handle (for signal handlers), like `events.Handle(...)`.
-    #[pyo3(signature = (callback, args, context=None))]
-    fn _new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        scheduling::new_handle(slf, callback, args, context)
     }
 
     /// Append an existing handle to the ready queue unless it is cancelled.
@@ -318,12 +303,20 @@ impl LoopCore {
         };
         for t in &timers {
             t.item.get().set_scheduled(false);
+            t.item.bind(py).as_super().get().release(true);
+        }
+        for r in &ready {
+            if let Ready::Native(h) = r {
+                h.get().release(true);
+            }
         }
         let fd_handles = lock(&self.fds).take_all();
+        for entry in &fd_handles {
+            entry.release_handles();
+        }
         let poller = lock(&self.poller).take();
         // Dropped here, with no lock held: finalizers may run Python code.
         drop((ready, timers, fd_handles, poller));
-        let _ = py;
     }
 
     // ----- fd callbacks (fd_callbacks.rs) ------------------------------------

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use super::{fd_callbacks, lock, LoopCore, Ready};
 use crate::clock;
+use crate::handles::Handle;
 use crate::poller::{Poller, Readiness};
 use crate::pyhelpers;
 
@@ -76,16 +77,16 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Read
 /// Drop cancelled timers (all of them when they are the majority, else those
 /// at the head) and work out how long poll may block.
 fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration> {
-    let cancelled = core.timer_cancelled_count.load(Ordering::Relaxed);
+    let cancelled = core.shared.timer_cancelled_count.load(Ordering::Relaxed);
     let mut pruned = Vec::new();
     let mut s = lock(&core.sched);
     let scheduled = s.timers.len();
     if scheduled > MIN_SCHEDULED_TIMER_HANDLES && cancelled as f64 / scheduled as f64 > MIN_CANCELLED_TIMER_HANDLES_FRACTION {
         pruned = s.timers.retain_and_heapify(|e| !e.item.bind(py).as_super().get().is_cancelled());
-        core.timer_cancelled_count.store(0, Ordering::Relaxed);
+        core.shared.timer_cancelled_count.store(0, Ordering::Relaxed);
     } else {
         while s.timers.peek().is_some_and(|e| e.item.bind(py).as_super().get().is_cancelled()) {
-            let _ = core.timer_cancelled_count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(1)));
+            let _ = core.shared.timer_cancelled_count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(1)));
             pruned.extend(s.timers.pop());
         }
     }
@@ -153,15 +154,15 @@ fn run_ready(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if core.debug() {
             run_timed(slf, &handle)?;
         } else {
-            run_handle(&handle)?;
+            run_handle(&handle, true)?;
         }
     }
     Ok(())
 }
 
-fn run_handle(handle: &Bound<'_, PyAny>) -> PyResult<()> {
-    match handle.cast::<crate::handles::Handle>() {
-        Ok(h) => h.get().run(handle),
+fn run_handle(handle: &Bound<'_, PyAny>, release: bool) -> PyResult<()> {
+    match handle.cast::<Handle>() {
+        Ok(h) => h.get().run(handle, release),
         Err(_) => handle.call_method0(pyo3::intern!(handle.py(), "_run")).map(drop),
     }
 }
@@ -172,13 +173,16 @@ fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, PyAny>) -> PyResult<(
     let previous = lock(&core.current_handle).replace(handle.clone().unbind());
     drop(previous);
     let t0 = clock::monotonic();
-    let result = run_handle(handle).and_then(|()| {
+    let result = run_handle(handle, false).and_then(|()| {
         let dt = clock::monotonic() - t0;
         if dt >= f64::from_bits(core.slow_callback_duration.load(Ordering::Relaxed)) {
             pyhelpers::warn_slow_callback(slf.py(), handle, dt)?;
         }
         Ok(())
     });
+    if let Ok(h) = handle.cast::<Handle>() {
+        h.get().release(false);
+    }
     let current = lock(&core.current_handle).take();
     drop(current);
     result

@@ -11,18 +11,21 @@ use crate::clock;
 use crate::handles::{Handle, TimerHandle};
 use crate::pyhelpers;
 
-fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Handle> {
+fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool) -> PyResult<Handle> {
     let py = slf.py();
+    let shared = &slf.get().shared;
+    shared.bind_loop(slf.as_any())?;
     let context = match context {
         Some(c) if !c.is_none() => c.unbind(),
         _ => pyhelpers::copy_context(py)?,
     };
     let source_traceback = if slf.get().debug() { Some(pyhelpers::extract_stack(py)?) } else { None };
-    Ok(Handle::new(callback.unbind(), args.unbind(), context, slf.clone().into_any().unbind(), source_traceback))
+    Ok(Handle::new(callback.unbind(), args.unbind(), context, shared.clone(), one_shot, source_traceback))
 }
 
-pub fn new_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-    Py::new(slf.py(), make_handle(slf, callback, args, context)?)
+/// A handle for an fd callback, which runs every time the fd is ready.
+pub fn new_fd_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+    Py::new(slf.py(), make_handle(slf, callback, args, None, false)?)
 }
 
 /// `call_soon` and `call_soon_threadsafe`, which differ only in the thread
@@ -35,7 +38,7 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
     if core.debug() {
         LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
     }
-    let handle = Py::new(py, make_handle(slf, callback, args, context)?)?;
+    let handle = Py::new(py, make_handle(slf, callback, args, context, true)?)?;
     let sleeping = {
         let mut s = lock(&core.sched);
         s.ready.push_back(Ready::Native(handle.clone_ref(py)));
@@ -71,7 +74,7 @@ fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>,
     if core.debug() {
         LoopCore::debug_checks(slf, &callback, "call_at", true)?;
     }
-    let init = PyClassInitializer::from(make_handle(slf, callback, args, context)?).add_subclass(TimerHandle::new(when));
+    let init = PyClassInitializer::from(make_handle(slf, callback, args, context, true)?).add_subclass(TimerHandle::new(when));
     let timer = Py::new(py, init)?;
     lock(&core.sched).timers.push(when, timer.clone_ref(py));
     Ok(timer)
