@@ -305,3 +305,9 @@ class capture_log:
                  r.exc_info[0].__name__ if r.exc_info and r.exc_info[0]
                  else None)
                 for r in self.records if r.levelno >= min_level]
+
+
+def shown_args(text):
+    """How asyncio's repr shows a callback's arguments: Python 3.13+ hides
+    them outside debug mode."""
+    return text if sys.version_info < (3, 13) else "()"

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from conftest import capture_log, exc_outcome
+from conftest import shown_args, capture_log, exc_outcome
 
 
 def _raiser(msg="boom"):
@@ -67,8 +67,9 @@ def test_default_handler_logs_error(same):
     assert len(t) == 1
     level, msg, exc = t[0]
     assert level == "ERROR"
-    assert msg.startswith("Exception in callback _raiser('logged') at ")
-    assert "\nhandle: <Handle _raiser('logged') at " in msg
+    args = shown_args("('logged')")
+    assert msg.startswith("Exception in callback _raiser" + args + " at ")
+    assert "\nhandle: <Handle _raiser" + args + " at " in msg
     assert exc == "ValueError"
 
 

@@ -157,14 +157,16 @@ def test_huge_delay_only_timer_does_not_crash(same):
 def test_bad_delay_types(loop, delay):
     # The standard loop accepts some garbage (call_at("1"), call_later(1j))
     # and only fails later; rejecting it up front with TypeError is fine.
-    # What matters: no crash, and a rejection is a TypeError.
+    # What matters: no crash, and a rejection is a TypeError (Python 3.10's
+    # TimerHandle asserts `when is not None` instead).
     d = {"nan": float("nan"), "str": "1", "None": None, "complex": 1j}[delay]
     for meth in (loop.call_later, loop.call_at):
         r = outcome(meth, d, print)
         if r[0] == "ok":
             r[1].cancel()
         else:
-            assert r[0] == "TypeError", r
+            assert r[0] == "TypeError" or (r[0] == "AssertionError" and d is None
+                                           and sys.version_info < (3, 11)), r
     loop.close()
 
 
