@@ -58,7 +58,7 @@ pub struct Callback {
     pub args: Py<PyTuple>,
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass)]
+#[pyclass(module = "ferroloop", frozen, subclass, freelist = 1024)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     context: Py<PyAny>,
@@ -128,18 +128,26 @@ impl Handle {
     /// until the slow-callback check has formatted the handle).
     pub fn run(&self, slf: &Bound<'_, PyAny>, release: bool) -> PyResult<()> {
         let py = slf.py();
-        let Some((func, args)) = self.callback_refs(py) else { return Ok(()) };
+        let release = release && self.one_shot;
+        let callback = if release { self.take_callback().map(|c| (c.func, c.args)) } else { self.callback_refs(py) };
+        let Some((func, args)) = callback else { return Ok(()) };
         let ctx = self.context.bind(py);
-        let result = match with_context(py, ctx, || func.bind(py).call1(args.bind(py)).map(drop)) {
+        match with_context(py, ctx, || func.bind(py).call1(args.bind(py)).map(drop)) {
             Ok(()) => Ok(()),
             Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
-            // Reported while the handle still shows its callback, as in asyncio.
-            Err(err) => pyhelpers::report_callback_error(py, slf, func.bind(py), args.bind(py), err),
-        };
-        if release {
-            self.release(false);
+            Err(err) => {
+                // Reported while the handle still shows its callback, as in asyncio.
+                if release {
+                    *self.callback.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Callback { func: func.clone_ref(py), args: args.clone_ref(py) });
+                }
+                let reported = pyhelpers::report_callback_error(py, slf, func.bind(py), args.bind(py), err);
+                if release {
+                    self.release(false);
+                }
+                reported
+            }
         }
-        result
     }
 }
 
@@ -221,7 +229,7 @@ impl Handle {
 }
 
 /// A handle scheduled for a deadline on the loop's clock.
-#[pyclass(module = "ferroloop", frozen, extends = Handle)]
+#[pyclass(module = "ferroloop", frozen, extends = Handle, freelist = 1024)]
 pub struct TimerHandle {
     when: f64,
     /// True while the timer sits in the loop's heap (asyncio's `_scheduled`).

@@ -7,28 +7,52 @@ define it (`_reuse` below), so its checks, messages and version-to-version
 differences are exactly the standard loop's."""
 
 import asyncio
+import os
+import selectors
 import socket
 import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, selector_events, unix_events
+from asyncio import coroutines, events, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
 from ._dns import getaddrinfo
 
 
-def _reuse(cls, *names):
-    """Copy the named methods of an asyncio loop class onto ours (if this
-    Python version has them)."""
+# The standard loop on Unix; ferroloop reuses its methods, as resolved
+# through its own MRO, so each name gets the version that loop really uses.
+_STANDARD_LOOP = unix_events._UnixSelectorEventLoop
+
+
+def _reuse(*names):
+    """Copy the named methods of the standard loop onto ours (those this
+    Python version has)."""
     def decorate(target):
         for name in names:
-            func = cls.__dict__.get(name)
+            func = getattr(_STANDARD_LOOP, name, None)
             if func is not None:
                 setattr(target, name, func)
         return target
     return decorate
+
+
+class _SelectorView:
+    """`loop._selector` for code written against the selector loop: lookups
+    of the fds registered with add_reader/add_writer, nothing else."""
+
+    def __init__(self, loop):
+        self._loop = loop
+
+    def get_key(self, fileobj):
+        fd = selectors._fileobj_to_fd(fileobj)
+        reader, writer = self._loop._fd_handles(fd)
+        if reader is None and writer is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        events = (selectors.EVENT_READ if reader is not None else 0) | \
+                 (selectors.EVENT_WRITE if writer is not None else 0)
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
 
 
 def _read_from_self(loop_ref):
@@ -37,31 +61,59 @@ def _read_from_self(loop_ref):
         loop._read_from_self()
 
 
-@_reuse(base_events.BaseEventLoop,
-        "__repr__", "__del__", "_check_running", "_check_callback", "set_debug",
-        "_set_coroutine_origin_tracking", "run_until_complete",
-        "create_task", "set_task_factory", "get_task_factory",
-        "_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook", "shutdown_asyncgens",
-        "run_in_executor", "set_default_executor", "shutdown_default_executor",
-        "_do_shutdown", "_check_default_executor",
-        "_getaddrinfo_debug", "getnameinfo", "_ensure_resolved",
-        "get_exception_handler", "set_exception_handler",
-        "default_exception_handler", "call_exception_handler",
-        "_add_callback_signalsafe")
-@_reuse(selector_events.BaseSelectorEventLoop,
-        "_close_self_pipe", "_read_from_self", "_ensure_fd_no_transport",
-        "sock_recv", "_sock_recv", "sock_recv_into", "_sock_recv_into",
-        "sock_recvfrom", "_sock_recvfrom", "sock_recvfrom_into", "_sock_recvfrom_into",
-        "sock_sendall", "_sock_sendall", "sock_sendto", "_sock_sendto",
-        "sock_connect", "_sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
-        "_sock_read_done", "_sock_write_done", "_stop_serving")
-@_reuse(unix_events._UnixSelectorEventLoop,
-        "_process_self_data", "add_signal_handler", "remove_signal_handler",
-        "_handle_signal", "_check_signal")
+@_reuse(
+    # run_until_complete, tasks, debug, async generators, the executor
+    "__repr__", "__del__", "_check_running", "_check_callback", "set_debug",
+    "_set_coroutine_origin_tracking", "run_until_complete",
+    "create_task", "set_task_factory", "get_task_factory",
+    "_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook", "shutdown_asyncgens",
+    "run_in_executor", "set_default_executor", "shutdown_default_executor",
+    "_do_shutdown", "_check_default_executor",
+    # exception handling
+    "get_exception_handler", "set_exception_handler",
+    "default_exception_handler", "call_exception_handler",
+    # name resolution (getaddrinfo has a fast path of its own, _dns.py)
+    "_getaddrinfo_debug", "getnameinfo", "_ensure_resolved",
+    # the self-pipe and signals
+    "_close_self_pipe", "_read_from_self", "_process_self_data", "_add_callback_signalsafe",
+    "add_signal_handler", "remove_signal_handler", "_handle_signal", "_check_signal",
+    # sock_* coroutines
+    "_ensure_fd_no_transport",
+    "sock_recv", "_sock_recv", "sock_recv_into", "_sock_recv_into",
+    "sock_recvfrom", "_sock_recvfrom", "sock_recvfrom_into", "_sock_recvfrom_into",
+    "sock_sendall", "_sock_sendall", "sock_sendto", "_sock_sendto",
+    "sock_connect", "_sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
+    "_sock_read_done", "_sock_write_done",
+    # connections, servers, datagrams, TLS, sendfile
+    "create_connection", "_connect_sock", "_create_connection_transport",
+    "create_server", "_create_server_getaddrinfo", "connect_accepted_socket",
+    "create_unix_connection", "create_unix_server",
+    "create_datagram_endpoint", "start_tls",
+    "sendfile", "_sendfile_native", "_sendfile_fallback",
+    "sock_sendfile", "_sock_sendfile_native", "_sock_sendfile_native_impl",
+    "_sock_sendfile_update_filepos", "_sock_add_cancellation_callback",
+    "_sock_sendfile_fallback", "_check_sendfile_params",
+    # pipes and subprocesses
+    "connect_read_pipe", "connect_write_pipe",
+    "subprocess_shell", "subprocess_exec", "_log_subprocess",
+    "_make_read_pipe_transport", "_make_write_pipe_transport",
+    "_make_subprocess_transport", "_child_watcher_callback",
+    # The transports and the accept loop, driven by ferroloop's fd
+    # callbacks. For now the selector loop's Python transports; Rust
+    # transports are to replace them.
+    "_make_socket_transport", "_make_ssl_transport", "_make_datagram_transport",
+    "_start_serving", "_accept_connection", "_accept_connection2",
+)
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     getaddrinfo = getaddrinfo
+
+    @property
+    def _selector(self):
+        # The selector loop's transports (and some tests) look registrations
+        # up through loop._selector; this is a read-only view of ours.
+        return None if self.is_closed() else _SelectorView(self)
 
     def __init__(self):
         super().__init__()
@@ -76,6 +128,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._old_agen_hooks = None
         self._signal_handlers = {}
         self._transports = weakref.WeakValueDictionary()
+        self._unix_server_sockets = {}  # 3.13+: paths create_unix_server cleans up
         self._internal_fds = 0
         self._make_self_pipe()
         self.set_debug(coroutines._is_debug_mode())
@@ -90,6 +143,22 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._csock.setblocking(False)
         self._internal_fds += 1
         self._add_reader(self._ssock.fileno(), _read_from_self, weakref.ref(self))
+
+    def _stop_serving(self, sock):
+        # The Unix loop's version, whose zero-argument super() cannot run
+        # on another class: stop accepting, and (3.13+) remove the socket
+        # file create_unix_server made, unless something replaced it.
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
+        selector_events.BaseSelectorEventLoop._stop_serving(self, sock)
+        if path is not None:
+            prev_ino = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == prev_ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
 
     # ----- running ----------------------------------------------------------
 

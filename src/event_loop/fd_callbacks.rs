@@ -116,20 +116,23 @@ fn to_raw_fd(fd: i64) -> PyResult<RawFd> {
     RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("signed integer is greater than maximum"))
 }
 
+/// The public methods refuse an fd that a live transport owns (asyncio's
+/// `_ensure_fd_no_transport`, which also vets the file object).
+fn ensure_no_transport(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>) -> PyResult<()> {
+    slf.call_method1(pyo3::intern!(slf.py(), "_ensure_fd_no_transport"), (fileobj,)).map(drop)
+}
+
 /// Register `callback(*args)` for `fd` in direction `dir`, replacing (and
-/// cancelling) a previous one. `public` names the asyncio method for the
-/// argument checks that only the public methods make.
-pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Dir, public: &str) -> PyResult<Py<Handle>> {
+/// cancelling) a previous one. `public` is true for `add_reader`/`add_writer`,
+/// false for the internal `_add_reader`/`_add_writer` transports use.
+pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, dir: Dir, public: bool) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let core = slf.get();
-    let fd = if public.is_empty() {
-        core.check_closed()?;
-        fileobj_to_fd(fileobj)?
-    } else {
-        let fd = fileobj_to_fd(fileobj)?;
-        core.check_closed()?;
-        fd
-    };
+    if public {
+        ensure_no_transport(slf, fileobj)?;
+    }
+    core.check_closed()?;
+    let fd = fileobj_to_fd(fileobj)?;
     let fd = to_raw_fd(fd)?;
     let handle = super::scheduling::new_fd_handle(slf, callback, args)?;
     let old = {
@@ -154,8 +157,11 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
 }
 
 /// Unregister the `dir` callback of `fileobj`; true if one was registered.
-pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Dir) -> PyResult<bool> {
+pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Dir, public: bool) -> PyResult<bool> {
     let core = slf.get();
+    if public {
+        ensure_no_transport(slf, fileobj)?;
+    }
     let fd = match fileobj_to_fd(fileobj) {
         // Too large to have been registered.
         Ok(fd) => RawFd::try_from(fd).ok(),

@@ -43,6 +43,9 @@ pub struct Scheduler {
     /// While true the loop is (about to be) blocked in poll and another
     /// thread that adds work must wake it.
     pub polling: bool,
+    /// A wake-up was sent during this poll: later threadsafe calls need not
+    /// send another (one eventfd write per sleep, not one per call).
+    pub wake_sent: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,6 +104,19 @@ impl LoopCore {
         }
         slf.call_method1(pyo3::intern!(slf.py(), "_check_callback"), (callback, method))?;
         Ok(())
+    }
+
+    /// Wake the loop if it sleeps in poll and nobody has woken it yet.
+    fn wake_if_polling(&self) {
+        let wake = {
+            let mut s = lock(&self.sched);
+            let wake = s.polling && !s.wake_sent;
+            s.wake_sent |= wake;
+            wake
+        };
+        if wake {
+            self.wake();
+        }
     }
 
     fn wake(&self) {
@@ -286,9 +302,7 @@ impl LoopCore {
     fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         // stop() from another thread must not leave the loop asleep.
-        if lock(&self.sched).polling {
-            self.wake();
-        }
+        self.wake_if_polling();
     }
 
     /// Drop everything scheduled and release the poller (asyncio's close()
@@ -323,39 +337,39 @@ impl LoopCore {
 
     #[pyo3(signature = (fd, callback, *args))]
     fn add_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, "add_reader").map(drop)
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, true).map(drop)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
     fn add_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, "add_writer").map(drop)
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, true).map(drop)
     }
 
     fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
-        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Read)
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Read, true)
     }
 
     fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
-        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write)
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write, true)
     }
 
     /// asyncio's internal `_add_reader`: returns the handle (used by sock_*).
     #[pyo3(signature = (fd, callback, *args))]
     fn _add_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
-        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, "")
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Read, false)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
     fn _add_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
-        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, "")
+        fd_callbacks::add(slf, &fd, callback, args, fd_callbacks::Dir::Write, false)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
-        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Read)
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Read, false)
     }
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
-        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write)
+        fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write, false)
     }
 
     /// `(reader_handle, writer_handle)` registered for `fd`, for introspection.

@@ -56,7 +56,10 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Read
             let polled = poller.poll(timeout, events);
             // Cleared before waiting for the GIL, so threads that keep
             // scheduling meanwhile do not wake us again and again.
-            lock(&core.sched).polling = false;
+            let mut s = lock(&core.sched);
+            s.polling = false;
+            s.wake_sent = false;
+            drop(s);
             polled
         })
     };
@@ -106,6 +109,7 @@ fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration
         None
     };
     s.polling = timeout != Some(Duration::ZERO);
+    s.wake_sent = false;
     drop(s);
     // Released only now that no lock is held: finalizers may run Python code.
     drop(pruned);

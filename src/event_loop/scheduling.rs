@@ -39,12 +39,14 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
         LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
     }
     let handle = Py::new(py, make_handle(slf, callback, args, context, true)?)?;
-    let sleeping = {
+    let wake = {
         let mut s = lock(&core.sched);
         s.ready.push_back(Ready::Native(handle.clone_ref(py)));
-        s.polling
+        let wake = threadsafe && s.polling && !s.wake_sent;
+        s.wake_sent |= wake;
+        wake
     };
-    if threadsafe && sleeping {
+    if wake {
         core.wake();
     }
     Ok(handle)
