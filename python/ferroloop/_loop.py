@@ -142,6 +142,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._ssock.setblocking(False)
         self._csock.setblocking(False)
         self._internal_fds += 1
+        self._set_internal_fd(self._ssock.fileno())
         self._add_reader(self._ssock.fileno(), _read_from_self, weakref.ref(self))
 
     def _stop_serving(self, sock):

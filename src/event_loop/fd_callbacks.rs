@@ -47,9 +47,32 @@ impl FdEntry {
 #[derive(Default)]
 pub struct FdTable {
     entries: Vec<Option<FdEntry>>,
+    /// The loop's own self-pipe, which only carries signal numbers.
+    internal_fd: Option<RawFd>,
+    /// Registered fds other than the self-pipe.
+    user_fds: usize,
 }
 
 impl FdTable {
+    pub fn set_internal_fd(&mut self, fd: RawFd) {
+        self.internal_fd = Some(fd);
+    }
+
+    /// Whether anything but the loop's own wake-up fds is being polled.
+    pub fn has_user_fds(&self) -> bool {
+        self.user_fds > 0
+    }
+
+    fn count(&mut self, fd: RawFd, added: bool) {
+        if self.internal_fd != Some(fd) {
+            if added {
+                self.user_fds += 1;
+            } else {
+                self.user_fds -= 1;
+            }
+        }
+    }
+
     fn entry(&self, fd: RawFd) -> Option<&FdEntry> {
         self.entries.get(fd as usize).and_then(Option::as_ref)
     }
@@ -79,18 +102,14 @@ impl FdTable {
     }
 
     pub fn take_all(&mut self) -> Vec<FdEntry> {
+        self.user_fds = 0;
         self.entries.drain(..).flatten().collect()
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // The handles are not tracked by the collector; the file objects may be.
         for e in self.entries.iter().flatten() {
             visit.call(&e.fileobj)?;
-            if let Some(h) = &e.reader {
-                visit.call(h)?;
-            }
-            if let Some(h) = &e.writer {
-                visit.call(h)?;
-            }
         }
         Ok(())
     }
@@ -145,6 +164,9 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
         };
         // The kernel vets the fd before the table grows to hold it.
         core.registrar.set_level_interest(fd, r, w, registered)?;
+        if !registered {
+            table.count(fd, true);
+        }
         let entry = table.entry_mut(fd).get_or_insert_with(|| FdEntry { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
         entry.fileobj = fileobj.clone().unbind();
         entry.slot(dir).replace(handle.clone_ref(py))
@@ -189,15 +211,19 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
         let Some(entry) = slot.as_mut() else { return Ok(false) };
         let old = entry.slot(dir).take();
         let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
-        if core.registrar.set_level_interest(fd, r, w, true).is_err() {
+        let emptied = if core.registrar.set_level_interest(fd, r, w, true).is_err() {
             // The fd was closed behind our back: forget it entirely.
             let _ = core.registrar.set_level_interest(fd, false, false, true);
-            (old, slot.take())
+            slot.take()
         } else if !r && !w {
-            (old, slot.take())
+            slot.take()
         } else {
-            (old, None)
+            None
+        };
+        if emptied.is_some() {
+            table.count(fd, false);
         }
+        (old, emptied)
     };
     drop(emptied);
     match old {

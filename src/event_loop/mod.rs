@@ -46,6 +46,8 @@ pub struct Scheduler {
     /// A wake-up was sent during this poll: later threadsafe calls need not
     /// send another (one eventfd write per sleep, not one per call).
     pub wake_sent: bool,
+    /// How many `Ready::Foreign` entries `ready` holds (for GC traversal).
+    pub foreign_queued: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -313,6 +315,7 @@ impl LoopCore {
         }
         let (ready, timers) = {
             let mut s = lock(&self.sched);
+            s.foreign_queued = 0;
             (std::mem::take(&mut s.ready), s.timers.take_all())
         };
         for t in &timers {
@@ -372,6 +375,12 @@ impl LoopCore {
         fd_callbacks::remove(slf, &fd, fd_callbacks::Dir::Write, false)
     }
 
+    /// Declare the self-pipe fd: it does not count as I/O worth polling for
+    /// between callbacks (see run.rs).
+    fn _set_internal_fd(&self, fd: i32) {
+        lock(&self.fds).set_internal_fd(fd);
+    }
+
     /// `(reader_handle, writer_handle)` registered for `fd`, for introspection.
     fn _fd_handles(&self, py: Python<'_>, fd: i32) -> (Option<Py<Handle>>, Option<Py<Handle>>) {
         lock(&self.fds).get(py, fd)
@@ -380,15 +389,15 @@ impl LoopCore {
     // ----- garbage collection ----------------------------------------------
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Our handles are not tracked by the collector (see handles.rs), so
+        // only foreign ones in the ready queue are worth visiting.
         if let Ok(s) = self.sched.try_lock() {
-            for r in &s.ready {
-                match r {
-                    Ready::Native(h) => visit.call(h)?,
-                    Ready::Foreign(h) => visit.call(h)?,
+            if s.foreign_queued > 0 {
+                for r in &s.ready {
+                    if let Ready::Foreign(h) = r {
+                        visit.call(h)?;
+                    }
                 }
-            }
-            for t in s.timers.iter() {
-                visit.call(&t.item)?;
             }
         }
         if let Ok(f) = self.fds.try_lock() {
@@ -403,7 +412,10 @@ impl LoopCore {
     }
 
     fn __clear__(&self) {
-        let taken = self.sched.try_lock().ok().map(|mut s| (std::mem::take(&mut s.ready), s.timers.take_all()));
+        let taken = self.sched.try_lock().ok().map(|mut s| {
+            s.foreign_queued = 0;
+            (std::mem::take(&mut s.ready), s.timers.take_all())
+        });
         let fds = self.fds.try_lock().ok().map(|mut f| f.take_all());
         drop((taken, fds));
     }

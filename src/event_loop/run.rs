@@ -20,6 +20,11 @@ const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 const MIN_CANCELLED_TIMER_HANDLES_FRACTION: f64 = 0.5;
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// With callbacks ready and no fd but the self-pipe registered, poll at most
+/// this often: there is no I/O to interleave, only signal numbers, which
+/// can wait this long. With any other fd registered, every iteration polls,
+/// as the standard loop does.
+const IDLE_FD_POLL_INTERVAL: f64 = 0.001;
 
 /// `while True: _run_once(); if _stopping: break`
 pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
@@ -27,8 +32,9 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
     let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
     let mut events = Vec::with_capacity(64);
+    let mut last_poll = f64::NEG_INFINITY;
     loop {
-        iterate(slf, poller, &mut events)?;
+        iterate(slf, poller, &mut events, &mut last_poll)?;
         if core.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -39,10 +45,11 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let core = slf.get();
     let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
     let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-    iterate(slf, poller, &mut Vec::new())
+    let mut last_poll = f64::NEG_INFINITY;
+    iterate(slf, poller, &mut Vec::new(), &mut last_poll)
 }
 
-fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Readiness>) -> PyResult<()> {
+fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Readiness>, last_poll: &mut f64) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
 
@@ -50,8 +57,15 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Read
 
     events.clear();
     let polled = if timeout == Some(Duration::ZERO) {
-        poller.poll(timeout, events)
+        let now = clock::monotonic();
+        if now - *last_poll < IDLE_FD_POLL_INTERVAL && !lock(&core.fds).has_user_fds() {
+            Ok(())
+        } else {
+            *last_poll = now;
+            poller.poll(timeout, events)
+        }
     } else {
+        *last_poll = f64::NEG_INFINITY;
         py.detach(|| {
             let polled = poller.poll(timeout, events);
             // Cleared before waiting for the GIL, so threads that keep
@@ -138,7 +152,13 @@ fn run_ready(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let core = slf.get();
     let ntodo = lock(&core.sched).ready.len();
     for _ in 0..ntodo {
-        let Some(item) = lock(&core.sched).ready.pop_front() else { break };
+        let item = {
+            let mut s = lock(&core.sched);
+            let item = s.ready.pop_front();
+            s.foreign_queued -= matches!(item, Some(Ready::Foreign(_))) as usize;
+            item
+        };
+        let Some(item) = item else { break };
         let handle = match item {
             Ready::Native(h) => {
                 let h = h.into_bound(py);

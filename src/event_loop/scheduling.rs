@@ -8,7 +8,7 @@ use pyo3::PyClassInitializer;
 
 use super::{lock, reject_none, LoopCore, Ready};
 use crate::clock;
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{untrack, Handle, TimerHandle};
 use crate::pyhelpers;
 
 fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool) -> PyResult<Handle> {
@@ -25,7 +25,9 @@ fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Boun
 
 /// A handle for an fd callback, which runs every time the fd is ready.
 pub fn new_fd_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
-    Py::new(slf.py(), make_handle(slf, callback, args, None, false)?)
+    let handle = Py::new(slf.py(), make_handle(slf, callback, args, None, false)?)?;
+    untrack(&handle);
+    Ok(handle)
 }
 
 /// `call_soon` and `call_soon_threadsafe`, which differ only in the thread
@@ -39,6 +41,7 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
         LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
     }
     let handle = Py::new(py, make_handle(slf, callback, args, context, true)?)?;
+    untrack(&handle);
     let wake = {
         let mut s = lock(&core.sched);
         s.ready.push_back(Ready::Native(handle.clone_ref(py)));
@@ -78,6 +81,7 @@ fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>,
     }
     let init = PyClassInitializer::from(make_handle(slf, callback, args, context, true)?).add_subclass(TimerHandle::new(when));
     let timer = Py::new(py, init)?;
+    untrack(&timer);
     lock(&core.sched).timers.push(when, timer.clone_ref(py));
     Ok(timer)
 }
@@ -95,6 +99,8 @@ pub fn add_callback(core: &LoopCore, handle: Bound<'_, PyAny>) -> PyResult<()> {
             Ready::Foreign(handle.unbind())
         }
     };
-    lock(&core.sched).ready.push_back(entry);
+    let mut s = lock(&core.sched);
+    s.foreign_queued += matches!(entry, Ready::Foreign(_)) as usize;
+    s.ready.push_back(entry);
     Ok(())
 }
