@@ -17,14 +17,57 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 }
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASKS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+/// Keyword names for the calls below, built once.
+static KWNAMES: PyOnceLock<[Py<PyTuple>; 4]> = PyOnceLock::new();
+
+/// `callable(*positional, **dict(zip(kwnames, keywords)))` by vectorcall:
+/// no kwargs dict is built for these per-future and per-task calls.
+fn call_with_keywords<'py>(callable: &Bound<'py, PyAny>, positional: &[&Bound<'py, PyAny>], kwnames: &Bound<'py, PyTuple>, keywords: &[&Bound<'py, PyAny>]) -> PyResult<Bound<'py, PyAny>> {
+    debug_assert_eq!(kwnames.len(), keywords.len());
+    let mut args = [std::ptr::null_mut::<ffi::PyObject>(); 4];
+    let n = positional.len() + keywords.len();
+    assert!(n <= args.len(), "call_with_keywords takes at most 4 arguments");
+    for (slot, arg) in args.iter_mut().zip(positional.iter().chain(keywords)) {
+        *slot = arg.as_ptr();
+    }
+    // SAFETY: every pointer is a borrowed reference the caller keeps alive
+    // for the duration of the call; `kwnames` is a tuple of str matching the
+    // trailing `keywords`; the result is a new reference or NULL with an
+    // exception set.
+    unsafe {
+        let result = ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), positional.len(), kwnames.as_ptr());
+        Bound::from_owned_ptr_or_err(callable.py(), result)
+    }
+}
+
+fn kwnames(py: Python<'_>, name: bool, context: bool) -> &Bound<'_, PyTuple> {
+    let all = KWNAMES.get_or_init(py, || {
+        let t = |names: &[&str]| PyTuple::new(py, names).expect("a tuple of str").unbind();
+        [t(&["loop"]), t(&["loop", "name"]), t(&["loop", "context"]), t(&["loop", "name", "context"])]
+    });
+    all[name as usize + 2 * context as usize].bind(py)
+}
 
 /// `asyncio.Future(loop=loop)`: the C-accelerated future, bound to our loop.
 pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_obj.py();
     let future_type = FUTURE_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio")?.getattr("Future")?.unbind()))?;
-    let kwargs = pyo3::types::PyDict::new(py);
-    kwargs.set_item(pyo3::intern!(py, "loop"), loop_obj)?;
-    future_type.bind(py).call((), Some(&kwargs))
+    call_with_keywords(future_type.bind(py), &[], kwnames(py, false, false), &[loop_obj])
+}
+
+/// `asyncio.tasks.Task(coro, loop=loop, name=name[, context=context])`,
+/// looked up on each call as asyncio's `create_task` does.
+pub fn new_task<'py>(loop_obj: &Bound<'py, PyAny>, coro: &Bound<'py, PyAny>, name: Option<&Bound<'py, PyAny>>, context: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_obj.py();
+    let tasks = TASKS_MODULE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio.tasks")?.unbind()))?;
+    let task_type = tasks.bind(py).getattr(pyo3::intern!(py, "Task"))?;
+    let kwnames = kwnames(py, name.is_some(), context.is_some());
+    match (name, context) {
+        (None, None) => call_with_keywords(&task_type, &[coro], kwnames, &[loop_obj]),
+        (Some(n), None) | (None, Some(n)) => call_with_keywords(&task_type, &[coro], kwnames, &[loop_obj, n]),
+        (Some(n), Some(c)) => call_with_keywords(&task_type, &[coro], kwnames, &[loop_obj, n, c]),
+    }
 }
 
 /// `contextvars.copy_context()`

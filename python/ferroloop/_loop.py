@@ -65,7 +65,7 @@ def _read_from_self(loop_ref):
     # run_until_complete, tasks, debug, async generators, the executor
     "__repr__", "__del__", "_check_running", "_check_callback", "set_debug",
     "_set_coroutine_origin_tracking", "run_until_complete",
-    "create_task", "set_task_factory", "get_task_factory",
+    "set_task_factory", "get_task_factory",
     "_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook", "shutdown_asyncgens",
     "run_in_executor", "set_default_executor", "shutdown_default_executor",
     "_do_shutdown", "_check_default_executor",
@@ -108,6 +108,9 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     getaddrinfo = getaddrinfo
+    # create_task with a task factory or in debug mode (the Rust create_task
+    # does the common case itself).
+    _create_task_fallback = _STANDARD_LOOP.create_task
 
     @property
     def _selector(self):

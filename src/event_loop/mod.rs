@@ -69,8 +69,11 @@ pub struct LoopCore {
     thread_id: AtomicU64,
     slow_callback_duration: AtomicU64,
     current_handle: Mutex<Option<Py<PyAny>>>,
+    /// `_task_factory`, read by every `create_task`.
+    task_factory: Mutex<Option<Py<PyAny>>>,
     clock_resolution: f64,
-    /// Python 3.11+ rejects `None` delays/deadlines with its own message.
+    /// Python 3.11+: rejects `None` delays/deadlines with its own message,
+    /// and tasks take a `context`.
     rejects_none_deadline: bool,
 }
 
@@ -146,6 +149,7 @@ impl LoopCore {
             thread_id: AtomicU64::new(0),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             current_handle: Mutex::new(None),
+            task_factory: Mutex::new(None),
             clock_resolution: clock::resolution(),
             rejects_none_deadline: py.version_info() >= (3, 11),
         })
@@ -235,6 +239,17 @@ impl LoopCore {
         lock(&self.current_handle).as_ref().map(|h| h.clone_ref(py))
     }
 
+    #[getter(_task_factory)]
+    fn attr_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.task_factory).as_ref().map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_attr_task_factory(&self, factory: Option<Py<PyAny>>) {
+        let previous = std::mem::replace(&mut *lock(&self.task_factory), factory);
+        drop(previous);
+    }
+
     #[getter(_timer_cancelled_count)]
     fn attr_timer_cancelled_count(&self) -> usize {
         self.shared.timer_cancelled_count.load(Ordering::Relaxed)
@@ -242,6 +257,31 @@ impl LoopCore {
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         crate::pyhelpers::new_future(slf.as_any())
+    }
+
+    /// asyncio's `create_task`; the common case (no task factory, no debug
+    /// mode) is done here, the rest by asyncio's own code.
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(slf: &Bound<'py, Self>, coro: Bound<'py, PyAny>, name: Option<Bound<'py, PyAny>>, context: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        let plain = !core.debug()
+            && (context.is_none() || core.rejects_none_deadline)
+            && lock(&core.task_factory).is_none();
+        if plain {
+            return crate::pyhelpers::new_task(slf.as_any(), &coro, name.as_ref(), context.as_ref());
+        }
+        let kwargs = pyo3::types::PyDict::new(py);
+        if let Some(name) = name {
+            kwargs.set_item(pyo3::intern!(py, "name"), name)?;
+        }
+        if let Some(context) = context {
+            kwargs.set_item(pyo3::intern!(py, "context"), context)?;
+        }
+        slf.call_method(pyo3::intern!(py, "_create_task_fallback"), (coro,), Some(&kwargs))
     }
 
     fn _ready_count(&self) -> usize {
@@ -403,9 +443,11 @@ impl LoopCore {
         if let Ok(f) = self.fds.try_lock() {
             f.traverse(&visit)?;
         }
-        if let Ok(h) = self.current_handle.try_lock() {
-            if let Some(h) = h.as_ref() {
-                visit.call(h)?;
+        for held in [&self.current_handle, &self.task_factory] {
+            if let Ok(h) = held.try_lock() {
+                if let Some(h) = h.as_ref() {
+                    visit.call(h)?;
+                }
             }
         }
         Ok(())
@@ -417,7 +459,8 @@ impl LoopCore {
             (std::mem::take(&mut s.ready), s.timers.take_all())
         });
         let fds = self.fds.try_lock().ok().map(|mut f| f.take_all());
-        drop((taken, fds));
+        let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
+        drop((taken, fds, factory));
     }
 }
 
