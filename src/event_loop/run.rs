@@ -2,6 +2,7 @@
 //! prune cancelled timers, poll, queue fd callbacks, queue due timers, then
 //! run exactly the callbacks that were ready when the run phase began.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -32,9 +33,10 @@ pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
     let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
     let mut events = Vec::with_capacity(64);
+    let mut batch = VecDeque::new();
     let mut last_poll = f64::NEG_INFINITY;
     loop {
-        iterate(slf, poller, &mut events, &mut last_poll)?;
+        iterate(slf, poller, &mut events, &mut batch, &mut last_poll)?;
         if core.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -46,10 +48,10 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
     let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
     let mut last_poll = f64::NEG_INFINITY;
-    iterate(slf, poller, &mut Vec::new(), &mut last_poll)
+    iterate(slf, poller, &mut Vec::new(), &mut VecDeque::new(), &mut last_poll)
 }
 
-fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Readiness>, last_poll: &mut f64) -> PyResult<()> {
+fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Readiness>, batch: &mut VecDeque<Ready>, last_poll: &mut f64) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
 
@@ -88,7 +90,7 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Read
     }
 
     queue_due_timers(py, core);
-    run_ready(slf)
+    run_ready(slf, batch)
 }
 
 /// Drop cancelled timers (all of them when they are the majority, else those
@@ -145,40 +147,55 @@ fn queue_due_timers(py: Python<'_>, core: &LoopCore) {
 }
 
 /// Run the callbacks that are ready now; those they schedule wait for the
-/// next iteration. An exception that escapes a handle (SystemExit,
-/// KeyboardInterrupt) leaves the rest queued, as in asyncio.
-fn run_ready(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+/// next iteration. They are taken off the queue in one go; an exception that
+/// escapes a handle (SystemExit, KeyboardInterrupt) puts the ones not yet run
+/// back at the front, so the queue is left as asyncio leaves it.
+fn run_ready(slf: &Bound<'_, LoopCore>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
+    let core = slf.get();
+    {
+        let mut s = lock(&core.sched);
+        std::mem::swap(&mut s.ready, batch);
+        s.foreign_queued = 0;
+    }
+    let result = run_batch(slf, batch);
+    if !batch.is_empty() {
+        let mut s = lock(&core.sched);
+        s.foreign_queued += batch.iter().filter(|r| matches!(r, Ready::Foreign(_))).count();
+        // What the batch's callbacks scheduled goes after what they left.
+        let scheduled = std::mem::take(&mut s.ready);
+        s.ready = std::mem::take(batch);
+        s.ready.extend(scheduled);
+    }
+    result
+}
+
+fn run_batch(slf: &Bound<'_, LoopCore>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
-    let ntodo = lock(&core.sched).ready.len();
-    for _ in 0..ntodo {
-        let item = {
-            let mut s = lock(&core.sched);
-            let item = s.ready.pop_front();
-            s.foreign_queued -= matches!(item, Some(Ready::Foreign(_))) as usize;
-            item
-        };
-        let Some(item) = item else { break };
-        let handle = match item {
+    while let Some(item) = batch.pop_front() {
+        match item {
             Ready::Native(h) => {
                 let h = h.into_bound(py);
                 if h.get().is_cancelled() {
                     continue;
                 }
-                h.into_any()
+                if core.debug() {
+                    run_timed(slf, h.as_any())?;
+                } else {
+                    h.get().run(h.as_any(), true)?;
+                }
             }
             Ready::Foreign(h) => {
                 let h = h.into_bound(py);
                 if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
                     continue;
                 }
-                h
+                if core.debug() {
+                    run_timed(slf, &h)?;
+                } else {
+                    run_handle(&h, true)?;
+                }
             }
-        };
-        if core.debug() {
-            run_timed(slf, &handle)?;
-        } else {
-            run_handle(&handle, true)?;
         }
     }
     Ok(())
