@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -207,17 +208,28 @@ def test_python_m_ferroloop_script_error_exit_code(impl, tmp_path):
     assert "ValueError: boom" in r.stderr
 
 
-SEED_EXAMPLES = [
-    os.path.join(TESTS_DIR, "data", "seed_example.py"),
-    os.path.join(REPO_DIR, "examples", "seed_example.py"),
-]
+SEED_DIR = os.path.join(REPO_DIR, "..", "shared", "seed")
 
 
-@pytest.mark.parametrize("path", SEED_EXAMPLES,
-                         ids=["tests-data", "examples-dir"])
-def test_seed_example_prints_done(impl, path):
-    assert os.path.exists(path), f"missing {path}"
-    r = subprocess.run(impl.module_cmd(path), capture_output=True, text=True,
+def seed_programs():
+    """The seed document's Python code blocks, joined into one program (its
+    examples build on each other), plus the copy kept in examples/."""
+    programs = [("examples-dir", open(os.path.join(REPO_DIR, "examples", "seed_example.py")).read())]
+    if os.path.isdir(SEED_DIR):
+        for name in sorted(os.listdir(SEED_DIR)):
+            text = open(os.path.join(SEED_DIR, name)).read()
+            blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+            if blocks:
+                programs.append((f"seed-{name}", "import asyncio\n" + "\n".join(blocks)))
+    return programs
+
+
+@pytest.mark.parametrize("source", [p[1] for p in seed_programs()],
+                         ids=[p[0] for p in seed_programs()])
+def test_seed_example_prints_done(impl, source, tmp_path):
+    path = tmp_path / "seed.py"
+    path.write_text(source)
+    r = subprocess.run(impl.module_cmd(str(path)), capture_output=True, text=True,
                        env=child_env(), timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "Done"
