@@ -50,6 +50,16 @@ pub struct Scheduler {
     pub foreign_queued: usize,
 }
 
+impl Scheduler {
+    /// Called after adding work from another thread: true if the loop sleeps
+    /// in poll and this caller is the one to wake it.
+    pub fn claim_wake(&mut self) -> bool {
+        let wake = self.polling && !self.wake_sent;
+        self.wake_sent |= wake;
+        wake
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -74,7 +84,7 @@ pub struct LoopCore {
     clock_resolution: f64,
     /// Python 3.11+: rejects `None` delays/deadlines with its own message,
     /// and tasks take a `context`.
-    rejects_none_deadline: bool,
+    py311_plus: bool,
 }
 
 impl LoopCore {
@@ -113,13 +123,7 @@ impl LoopCore {
 
     /// Wake the loop if it sleeps in poll and nobody has woken it yet.
     fn wake_if_polling(&self) {
-        let wake = {
-            let mut s = lock(&self.sched);
-            let wake = s.polling && !s.wake_sent;
-            s.wake_sent |= wake;
-            wake
-        };
-        if wake {
+        if lock(&self.sched).claim_wake() {
             self.wake();
         }
     }
@@ -151,7 +155,7 @@ impl LoopCore {
             current_handle: Mutex::new(None),
             task_factory: Mutex::new(None),
             clock_resolution: clock::resolution(),
-            rejects_none_deadline: py.version_info() >= (3, 11),
+            py311_plus: py.version_info() >= (3, 11),
         })
     }
 
@@ -269,7 +273,7 @@ impl LoopCore {
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
         let plain = !core.debug()
-            && (context.is_none() || core.rejects_none_deadline)
+            && (context.is_none() || core.py311_plus)
             && lock(&core.task_factory).is_none();
         if plain {
             return crate::pyhelpers::new_task(slf.as_any(), &coro, name.as_ref(), context.as_ref());
@@ -323,12 +327,9 @@ impl LoopCore {
         self.wake();
     }
 
-    fn _timer_handle_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
-        // Our TimerHandle counts itself; an asyncio.TimerHandle bound to this
-        // loop reports here, but is never in our heap.
-        let _ = handle;
-        Ok(())
-    }
+    /// Our TimerHandle counts its own cancellation; an asyncio.TimerHandle
+    /// bound to this loop reports here, but is never in our heap.
+    fn _timer_handle_cancelled(&self, _handle: &Bound<'_, PyAny>) {}
 
     // ----- running (run.rs) -------------------------------------------------
 
@@ -466,7 +467,7 @@ impl LoopCore {
 
 /// Raise asyncio's TypeError for a `None` delay or deadline (3.11+).
 fn reject_none(core: &LoopCore, value: &Bound<'_, PyAny>, message: &'static str) -> PyResult<()> {
-    if core.rejects_none_deadline && value.is_none() {
+    if core.py311_plus && value.is_none() {
         return Err(PyTypeError::new_err(message));
     }
     Ok(())

@@ -27,33 +27,39 @@ const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 /// as the standard loop does.
 const IDLE_FD_POLL_INTERVAL: f64 = 0.001;
 
+/// What one run of the loop reuses from iteration to iteration.
+struct RunState {
+    events: Vec<Readiness>,
+    batch: VecDeque<Ready>,
+    last_poll: f64,
+}
+
 /// `while True: _run_once(); if _stopping: break`
 pub fn run_until_stopped(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    run(slf, true)
+}
+
+pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    run(slf, false)
+}
+
+fn run(slf: &Bound<'_, LoopCore>, until_stopped: bool) -> PyResult<()> {
     let core = slf.get();
     let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
     let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-    let mut events = Vec::with_capacity(64);
-    let mut batch = VecDeque::new();
-    let mut last_poll = f64::NEG_INFINITY;
+    let mut state = RunState { events: Vec::with_capacity(64), batch: VecDeque::new(), last_poll: f64::NEG_INFINITY };
     loop {
-        iterate(slf, poller, &mut events, &mut batch, &mut last_poll)?;
-        if core.stopping.load(Ordering::Relaxed) {
+        iterate(slf, poller, &mut state)?;
+        if !until_stopped || core.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
     }
 }
 
-pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
-    let core = slf.get();
-    let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
-    let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-    let mut last_poll = f64::NEG_INFINITY;
-    iterate(slf, poller, &mut Vec::new(), &mut VecDeque::new(), &mut last_poll)
-}
-
-fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, events: &mut Vec<Readiness>, batch: &mut VecDeque<Ready>, last_poll: &mut f64) -> PyResult<()> {
+fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, state: &mut RunState) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
+    let RunState { events, batch, last_poll } = state;
 
     let timeout = prune_and_compute_timeout(py, core);
 
@@ -173,29 +179,30 @@ fn run_batch(slf: &Bound<'_, LoopCore>, batch: &mut VecDeque<Ready>) -> PyResult
     let py = slf.py();
     let core = slf.get();
     while let Some(item) = batch.pop_front() {
-        match item {
+        let handle = match item {
             Ready::Native(h) => {
                 let h = h.into_bound(py);
                 if h.get().is_cancelled() {
                     continue;
                 }
-                if core.debug() {
-                    run_timed(slf, h.as_any())?;
-                } else {
+                if !core.debug() {
                     h.get().run(h.as_any(), true)?;
+                    continue;
                 }
+                h.into_any()
             }
             Ready::Foreign(h) => {
                 let h = h.into_bound(py);
                 if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
                     continue;
                 }
-                if core.debug() {
-                    run_timed(slf, &h)?;
-                } else {
-                    run_handle(&h, true)?;
-                }
+                h
             }
+        };
+        if core.debug() {
+            run_timed(slf, &handle)?;
+        } else {
+            run_handle(&handle, true)?;
         }
     }
     Ok(())

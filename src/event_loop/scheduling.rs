@@ -45,9 +45,7 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
     let wake = {
         let mut s = lock(&core.sched);
         s.ready.push_back(Ready::Native(handle.clone_ref(py)));
-        let wake = threadsafe && s.polling && !s.wake_sent;
-        s.wake_sent |= wake;
-        wake
+        threadsafe && s.claim_wake()
     };
     if wake {
         core.wake();
