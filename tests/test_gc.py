@@ -1,0 +1,81 @@
+"""Nothing scheduled on the loop outlives its use.
+
+ferroloop takes its handles off the cycle collector (see src/handles.rs): a
+handle never holds its loop and drops its callback once it has run, been
+cancelled, or its loop closed. These tests hold objects whose callbacks form
+a cycle through their own handle, the pattern `self.timer = loop.call_later(
+..., self.on_timeout)`, and check that they are freed exactly when they
+are on the standard loop."""
+
+import gc
+import weakref
+
+
+class Owner:
+    """Keeps its own handle: owner -> handle -> bound method -> owner."""
+
+    def __init__(self):
+        self.handle = None
+        self.ran = False
+
+    def callback(self):
+        self.ran = True
+
+
+def collected(ref):
+    gc.collect()
+    return ref() is None
+
+
+def test_ran_handle_cycle_is_freed(loop):
+    owner = Owner()
+    owner.handle = loop.call_soon(owner.callback)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert owner.ran
+    ref = weakref.ref(owner)
+    del owner
+    assert collected(ref)
+
+
+def test_cancelled_timer_cycle_is_freed(loop):
+    owner = Owner()
+    owner.handle = loop.call_later(3600, owner.callback)
+    owner.handle.cancel()
+    ref = weakref.ref(owner)
+    del owner
+    assert collected(ref)
+
+
+def test_pending_timer_keeps_its_callback_until_close(loop):
+    owner = Owner()
+    owner.handle = loop.call_later(3600, owner.callback)
+    ref = weakref.ref(owner)
+    del owner
+    assert not collected(ref), "a pending timer must keep its callback alive"
+    loop.close()
+    assert collected(ref)
+
+
+def test_reader_cycle_is_freed_after_remove(loop):
+    import socket
+    a, b = socket.socketpair()
+    with a, b:
+        owner = Owner()
+        loop.add_reader(a, owner.callback)
+        owner.handle = a
+        ref = weakref.ref(owner)
+        del owner
+        assert not collected(ref), "a registered reader keeps its callback alive"
+        assert loop.remove_reader(a)
+        assert collected(ref)
+
+
+def test_closed_loop_with_pending_callbacks_is_collected(factory):
+    lp = factory()
+    lp.call_soon(print)
+    lp.call_later(3600, print)
+    ref = weakref.ref(lp)
+    lp.close()
+    del lp
+    assert collected(ref)
