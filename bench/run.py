@@ -184,6 +184,9 @@ def parse_args(argv):
     ap.add_argument("--require", action="store_true",
                     help="fail instead of skipping when a requested loop cannot be imported")
     ap.add_argument("--list", action="store_true", help="list benchmarks and exit")
+    ap.add_argument("--suite", choices=("micro", "servers"), default="micro",
+                    help="micro (default): these microbenchmarks; servers: the server suite "
+                    "of bench/servers.py, with its own options (see --suite servers --help)")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
@@ -195,6 +198,14 @@ def parse_args(argv):
 
 
 def main(argv):
+    # --suite servers hands everything else to bench/servers.py (its own options).
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--suite", choices=("micro", "servers"), default="micro")
+    suite, argv = pre.parse_known_args(argv)
+    if suite.suite == "servers":
+        import servers
+
+        return servers.main(argv)
     ap, args = parse_args(argv)
 
     benches = []  # (suite, name, bench)

@@ -68,7 +68,7 @@ pub struct Callback {
     pub args: Py<PyTuple>,
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass)]
+#[pyclass(module = "ferroloop", frozen, subclass, freelist = 4096)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     context: Py<PyAny>,
@@ -239,7 +239,7 @@ impl Handle {
 }
 
 /// A handle scheduled for a deadline on the loop's clock.
-#[pyclass(module = "ferroloop", frozen, extends = Handle)]
+#[pyclass(module = "ferroloop", frozen, extends = Handle, freelist = 4096)]
 pub struct TimerHandle {
     when: f64,
     /// True while the timer sits in the loop's heap (asyncio's `_scheduled`).
