@@ -79,3 +79,15 @@ def test_closed_loop_with_pending_callbacks_is_collected(factory):
     lp.close()
     del lp
     assert collected(ref)
+
+
+def test_close_releases_every_fd(factory):
+    import os
+    before = set(os.listdir("/proc/self/fd"))
+    lp = factory()
+    lp.call_soon(print)
+    lp.close()
+    # Not waiting for the loop object to be collected: close() itself
+    # releases the poller, its wake-up fds and the self-pipe.
+    assert set(os.listdir("/proc/self/fd")) <= before
+    del lp

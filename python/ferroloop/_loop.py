@@ -19,6 +19,7 @@ from asyncio.log import logger
 
 from . import _ferroloop
 from ._dns import getaddrinfo
+from ._subprocess import close_pidfds, make_subprocess_transport
 
 
 # The standard loop on Unix; ferroloop reuses its methods, as resolved
@@ -97,7 +98,7 @@ def _read_from_self(loop_ref):
     "connect_read_pipe", "connect_write_pipe",
     "subprocess_shell", "subprocess_exec", "_log_subprocess",
     "_make_read_pipe_transport", "_make_write_pipe_transport",
-    "_make_subprocess_transport", "_child_watcher_callback",
+    "_child_watcher_callback",
     # The transports and the accept loop, driven by ferroloop's fd
     # callbacks. For now the selector loop's Python transports; Rust
     # transports are to replace them.
@@ -108,6 +109,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     getaddrinfo = getaddrinfo
+    _make_subprocess_transport = make_subprocess_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
     _create_task_fallback = _STANDARD_LOOP.create_task
@@ -132,6 +134,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._signal_handlers = {}
         self._transports = weakref.WeakValueDictionary()
         self._unix_server_sockets = {}  # 3.13+: paths create_unix_server cleans up
+        self._child_pidfds = {}  # pid -> pidfd of the children being watched
         self._internal_fds = 0
         self._make_self_pipe()
         self.set_debug(coroutines._is_debug_mode())
@@ -203,6 +206,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         if self._debug:
             logger.debug("Close %r", self)
         self._close_self_pipe()
+        close_pidfds(self)
         self._close_core()
         self._executor_shutdown_called = True
         executor = self._default_executor

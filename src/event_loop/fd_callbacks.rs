@@ -11,7 +11,7 @@ use pyo3::types::PyTuple;
 
 use super::{lock, LoopCore, Ready};
 use crate::handles::Handle;
-use crate::poller::{Readiness, WAKER};
+use crate::poller::{Readiness, Registrar, WAKER};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -43,9 +43,10 @@ impl FdEntry {
     }
 }
 
-/// Registered fds, indexed by fd number.
-#[derive(Default)]
+/// Registered fds, indexed by fd number, and the epoll registrations
+/// behind them (gone once the loop is closed).
 pub struct FdTable {
+    registrar: Option<Registrar>,
     entries: Vec<Option<FdEntry>>,
     /// The loop's own self-pipe, which only carries signal numbers.
     internal_fd: Option<RawFd>,
@@ -54,6 +55,17 @@ pub struct FdTable {
 }
 
 impl FdTable {
+    pub fn new(registrar: Registrar) -> Self {
+        FdTable { registrar: Some(registrar), entries: Vec::new(), internal_fd: None, user_fds: 0 }
+    }
+
+    fn set_interest(&self, fd: RawFd, readable: bool, writable: bool, registered: bool) -> std::io::Result<()> {
+        match &self.registrar {
+            Some(r) => r.set_level_interest(fd, readable, writable, registered),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
     pub fn set_internal_fd(&mut self, fd: RawFd) {
         self.internal_fd = Some(fd);
     }
@@ -101,9 +113,10 @@ impl FdTable {
             .map(|i| i as RawFd)
     }
 
-    pub fn take_all(&mut self) -> Vec<FdEntry> {
+    /// Empty the table and release the epoll registrations (loop close).
+    pub fn take_all(&mut self) -> (Vec<FdEntry>, Option<Registrar>) {
         self.user_fds = 0;
-        self.entries.drain(..).flatten().collect()
+        (self.entries.drain(..).flatten().collect(), self.registrar.take())
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -163,7 +176,7 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
             None => (dir == Dir::Read, dir == Dir::Write),
         };
         // The kernel vets the fd before the table grows to hold it.
-        core.registrar.set_level_interest(fd, r, w, registered)?;
+        table.set_interest(fd, r, w, registered)?;
         if !registered {
             table.count(fd, true);
         }
@@ -207,19 +220,17 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
     let core = slf.get();
     let (old, emptied) = {
         let mut table = lock(&core.fds);
-        let Some(slot) = table.entries.get_mut(fd as usize) else { return Ok(false) };
-        let Some(entry) = slot.as_mut() else { return Ok(false) };
+        let Some(Some(entry)) = table.entries.get_mut(fd as usize) else { return Ok(false) };
         let old = entry.slot(dir).take();
         let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
-        let emptied = if core.registrar.set_level_interest(fd, r, w, true).is_err() {
+        let forget = if table.set_interest(fd, r, w, true).is_err() {
             // The fd was closed behind our back: forget it entirely.
-            let _ = core.registrar.set_level_interest(fd, false, false, true);
-            slot.take()
-        } else if !r && !w {
-            slot.take()
+            let _ = table.set_interest(fd, false, false, true);
+            true
         } else {
-            None
+            !r && !w
         };
+        let emptied = if forget { table.entries[fd as usize].take() } else { None };
         if emptied.is_some() {
             table.count(fd, false);
         }

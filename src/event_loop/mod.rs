@@ -23,7 +23,7 @@ use pyo3::types::PyTuple;
 
 use crate::clock;
 use crate::handles::{Handle, LoopShared, TimerHandle};
-use crate::poller::{Poller, Registrar};
+use crate::poller::Poller;
 use crate::timer_heap::TimerHeap;
 
 pub use fd_callbacks::FdTable;
@@ -68,8 +68,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct LoopCore {
     sched: Mutex<Scheduler>,
     poller: Mutex<Option<Poller>>,
-    registrar: Registrar,
-    waker: Waker,
+    /// Wakes a loop blocked in poll from another thread; dropped on close.
+    waker: Mutex<Option<Waker>>,
     fds: Mutex<FdTable>,
     /// Debug flag and cancelled-timer count, shared with the handles.
     shared: Arc<LoopShared>,
@@ -131,7 +131,9 @@ impl LoopCore {
     fn wake(&self) {
         // A full eventfd or a closed loop is not worth reporting: the loop
         // is either already awake or gone.
-        let _ = self.waker.wake();
+        if let Some(waker) = lock(&self.waker).as_ref() {
+            let _ = waker.wake();
+        }
     }
 }
 
@@ -144,9 +146,8 @@ impl LoopCore {
         Ok(LoopCore {
             sched: Mutex::new(Scheduler::default()),
             poller: Mutex::new(Some(poller)),
-            registrar,
-            waker,
-            fds: Mutex::new(FdTable::default()),
+            waker: Mutex::new(Some(waker)),
+            fds: Mutex::new(FdTable::new(registrar)),
             shared: LoopShared::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -368,13 +369,16 @@ impl LoopCore {
                 h.get().release(true);
             }
         }
-        let fd_handles = lock(&self.fds).take_all();
+        let (fd_handles, registrar) = lock(&self.fds).take_all();
         for entry in &fd_handles {
             entry.release_handles();
         }
+        // The epoll instance (and its dup) and the eventfd are closed now,
+        // as the standard loop closes its selector, not when the loop object dies.
         let poller = lock(&self.poller).take();
+        let waker = lock(&self.waker).take();
         // Dropped here, with no lock held: finalizers may run Python code.
-        drop((ready, timers, fd_handles, poller));
+        drop((ready, timers, fd_handles, registrar, poller, waker));
     }
 
     // ----- fd callbacks (fd_callbacks.rs) ------------------------------------
