@@ -29,12 +29,12 @@ _STANDARD_LOOP = unix_events._UnixSelectorEventLoop
 
 def _reuse(*names):
     """Copy the named methods of the standard loop onto ours (those this
-    Python version has)."""
+    Python version has; the others are listed in `_NOT_IN_THIS_PYTHON`)."""
     def decorate(target):
+        target._NOT_IN_THIS_PYTHON = frozenset(n for n in names if not hasattr(_STANDARD_LOOP, n))
         for name in names:
-            func = getattr(_STANDARD_LOOP, name, None)
-            if func is not None:
-                setattr(target, name, func)
+            if name not in target._NOT_IN_THIS_PYTHON:
+                setattr(target, name, getattr(_STANDARD_LOOP, name))
         return target
     return decorate
 
