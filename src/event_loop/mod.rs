@@ -301,12 +301,12 @@ impl LoopCore {
 
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        scheduling::call_soon(slf, callback, args, context, "call_soon")
+        scheduling::call_soon(slf, callback, args, context, false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        scheduling::call_soon(slf, callback, args, context, "call_soon_threadsafe")
+        scheduling::call_soon(slf, callback, args, context, true)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]

@@ -32,12 +32,12 @@ pub fn new_fd_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args
 
 /// `call_soon` and `call_soon_threadsafe`, which differ only in the thread
 /// check and in waking a loop that sleeps in poll.
-pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &'static str) -> PyResult<Py<Handle>> {
+pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, threadsafe: bool) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let core = slf.get();
     core.check_closed()?;
-    let threadsafe = method == "call_soon_threadsafe";
     if core.debug() {
+        let method = if threadsafe { "call_soon_threadsafe" } else { "call_soon" };
         LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
     }
     let handle = Py::new(py, make_handle(slf, callback, args, context, true)?)?;
