@@ -18,6 +18,7 @@ from asyncio import coroutines, events, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
+from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
 from ._subprocess import close_pidfds, make_subprocess_transport
 
@@ -102,7 +103,7 @@ def _read_from_self(loop_ref):
     # The transports and the accept loop, driven by ferroloop's fd
     # callbacks. For now the selector loop's Python transports; Rust
     # transports are to replace them.
-    "_make_socket_transport", "_make_ssl_transport", "_make_datagram_transport",
+    "_make_socket_transport", "_make_ssl_transport",
     "_start_serving", "_accept_connection", "_accept_connection2",
 )
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
@@ -110,6 +111,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
 
     getaddrinfo = getaddrinfo
     _make_subprocess_transport = make_subprocess_transport
+    _make_datagram_transport = make_datagram_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
     _create_task_fallback = _STANDARD_LOOP.create_task
@@ -166,6 +168,14 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
                 pass
             except OSError as err:
                 logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+
+    def _datagram_buffer(self, size):
+        # One receive buffer for all datagram transports: the loop reads one
+        # datagram at a time, and copies out what arrived (_datagram.py).
+        view = self.__dict__.get("_datagram_view")
+        if view is None or len(view) < size:
+            view = self._datagram_view = memoryview(bytearray(size))
+        return view[:size]
 
     # ----- running ----------------------------------------------------------
 
