@@ -15,7 +15,7 @@ class DatagramTransport(selector_events._SelectorDatagramTransport):
     def _read_ready(self):
         if self._conn_lost:
             return
-        buffer = self._loop._datagram_buffer(self.max_size)
+        buffer = self._loop._receive_buffer(self.max_size)
         try:
             nbytes, addr = self._sock.recvfrom_into(buffer)
         except (BlockingIOError, InterruptedError):

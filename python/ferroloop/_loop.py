@@ -20,6 +20,7 @@ from asyncio.log import logger
 from . import _ferroloop
 from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
+from ._stream import make_socket_transport
 from ._subprocess import close_pidfds, make_subprocess_transport
 
 
@@ -103,7 +104,7 @@ def _read_from_self(loop_ref):
     # The transports and the accept loop, driven by ferroloop's fd
     # callbacks. For now the selector loop's Python transports; Rust
     # transports are to replace them.
-    "_make_socket_transport", "_make_ssl_transport",
+    "_make_ssl_transport",
     "_start_serving", "_accept_connection", "_accept_connection2",
 )
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
@@ -112,6 +113,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     getaddrinfo = getaddrinfo
     _make_subprocess_transport = make_subprocess_transport
     _make_datagram_transport = make_datagram_transport
+    _make_socket_transport = make_socket_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
     _create_task_fallback = _STANDARD_LOOP.create_task
@@ -169,12 +171,13 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
             except OSError as err:
                 logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
 
-    def _datagram_buffer(self, size):
-        # One receive buffer for all datagram transports: the loop reads one
-        # datagram at a time, and copies out what arrived (_datagram.py).
-        view = self.__dict__.get("_datagram_view")
+    def _receive_buffer(self, size):
+        # One receive buffer for all socket transports: the loop reads from
+        # one socket at a time and copies out what arrived (_stream.py,
+        # _datagram.py).
+        view = self.__dict__.get("_receive_view")
         if view is None or len(view) < size:
-            view = self._datagram_view = memoryview(bytearray(size))
+            view = self._receive_view = memoryview(bytearray(size))
         return view[:size]
 
     # ----- running ----------------------------------------------------------
