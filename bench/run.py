@@ -21,7 +21,6 @@ which runs inside the child process and may itself start more processes
 import argparse
 import importlib
 import json
-import math
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import loops  # noqa: E402
+from stats import fmt_rate, geomean  # noqa: E402
 
 # Modules in bench/ that hold benchmarks, in report order.
 SUITES = ("micro",)
@@ -119,24 +119,10 @@ def run_child(python, suite, bench, loop_name, n, pin, timeout):
         return None, f"no result in output: {_last_line(p.stdout)!r}"
 
 
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
-
-
 def fmt_cell(stats):
     if not stats or stats.get("value") is None:
         return "FAILED" if stats and stats.get("errors") else "-"
     return f"{fmt_rate(stats['value'])} ±{stats['spread_pct']:.0f}%"
-
-
-def geomean(xs):
-    xs = [x for x in xs if x]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
 
 
 def summarize(samples, errors, stat):

@@ -26,7 +26,6 @@ import asyncio
 import ctypes
 import fnmatch
 import json
-import math
 import os
 import platform
 import re
@@ -44,6 +43,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import loops  # noqa: E402
+from stats import fmt_rate, geomean  # noqa: E402
 
 FLOOR_DIR = os.path.join(HERE, "floor")
 FLOOR_BIN = os.path.join(FLOOR_DIR, "target", "release")
@@ -525,26 +525,12 @@ def ensure_httptools(python):
 # ---- report ----------------------------------------------------------------
 
 
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
-
-
 def fmt_num(x, digits=3):
     if x is None:
         return "-"
     if x >= 1000:
         return f"{x:.0f}"
     return f"{x:.{digits}g}"
-
-
-def geomean(xs):
-    xs = [x for x in xs if x]
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
 
 
 def summarize(samples):
