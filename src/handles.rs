@@ -68,6 +68,8 @@ pub struct Callback {
     pub args: Py<PyTuple>,
 }
 
+/// A scheduled callback. Instances come from a freelist; PyO3 does not
+/// re-track reused ones, which matches [`untrack`] on fresh ones.
 #[pyclass(module = "ferroloop", frozen, subclass, freelist = 4096)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
