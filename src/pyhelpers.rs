@@ -41,19 +41,19 @@ fn call_with_keywords<'py>(callable: &Bound<'py, PyAny>, positional: &[&Bound<'p
     }
 }
 
-fn kwnames(py: Python<'_>, name: bool, context: bool) -> &Bound<'_, PyTuple> {
-    let all = KWNAMES.get_or_init(py, || {
-        let t = |names: &[&str]| PyTuple::new(py, names).expect("a tuple of str").unbind();
-        [t(&["loop"]), t(&["loop", "name"]), t(&["loop", "context"]), t(&["loop", "name", "context"])]
-    });
-    all[name as usize + 2 * context as usize].bind(py)
+fn kwnames(py: Python<'_>, name: bool, context: bool) -> PyResult<&Bound<'_, PyTuple>> {
+    let all = KWNAMES.get_or_try_init(py, || {
+        let t = |names: &[&str]| PyTuple::new(py, names).map(Bound::unbind);
+        Ok::<_, PyErr>([t(&["loop"])?, t(&["loop", "name"])?, t(&["loop", "context"])?, t(&["loop", "name", "context"])?])
+    })?;
+    Ok(all[name as usize + 2 * context as usize].bind(py))
 }
 
 /// `asyncio.Future(loop=loop)`: the C-accelerated future, bound to our loop.
 pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_obj.py();
     let future_type = FUTURE_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio")?.getattr("Future")?.unbind()))?;
-    call_with_keywords(future_type.bind(py), &[], kwnames(py, false, false), &[loop_obj])
+    call_with_keywords(future_type.bind(py), &[], kwnames(py, false, false)?, &[loop_obj])
 }
 
 /// `asyncio.tasks.Task(coro, loop=loop, name=name[, context=context])`,
@@ -62,7 +62,7 @@ pub fn new_task<'py>(loop_obj: &Bound<'py, PyAny>, coro: &Bound<'py, PyAny>, nam
     let py = loop_obj.py();
     let tasks = TASKS_MODULE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio.tasks")?.unbind()))?;
     let task_type = tasks.bind(py).getattr(pyo3::intern!(py, "Task"))?;
-    let kwnames = kwnames(py, name.is_some(), context.is_some());
+    let kwnames = kwnames(py, name.is_some(), context.is_some())?;
     match (name, context) {
         (None, None) => call_with_keywords(&task_type, &[coro], kwnames, &[loop_obj]),
         (Some(n), None) | (None, Some(n)) => call_with_keywords(&task_type, &[coro], kwnames, &[loop_obj, n]),

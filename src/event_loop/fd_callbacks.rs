@@ -80,7 +80,7 @@ impl FdTable {
             if added {
                 self.user_fds += 1;
             } else {
-                self.user_fds -= 1;
+                self.user_fds = self.user_fds.saturating_sub(1);
             }
         }
     }
