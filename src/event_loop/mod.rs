@@ -3,7 +3,7 @@
 //! `LoopCore` is the Rust base class of `ferroloop.Loop`. This file holds its
 //! state and the `#[pymethods]` table, which stays thin: each method checks
 //! its arguments the way asyncio does and calls into
-//! - [`scheduling`]: `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`,
+//! - [`scheduling`]: `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`, `create_task`,
 //! - [`run`]: one iteration of the loop (`_run_once`),
 //! - [`fd_callbacks`]: `add_reader`/`add_writer` and their removal.
 
@@ -51,6 +51,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Empty the ready queue and the timer heap (loop close, GC clear); the
+    /// caller drops what it gets once no lock is held.
+    pub fn take_all(&mut self) -> (VecDeque<Ready>, Vec<crate::timer_heap::Entry<Py<TimerHandle>>>) {
+        self.foreign_queued = 0;
+        (std::mem::take(&mut self.ready), self.timers.take_all())
+    }
+
     /// Called after adding work from another thread: true if the loop sleeps
     /// in poll and this caller is the one to wake it.
     pub fn claim_wake(&mut self) -> bool {
@@ -264,29 +271,9 @@ impl LoopCore {
         crate::pyhelpers::new_future(slf.as_any())
     }
 
-    /// asyncio's `create_task`; the common case (no task factory, no debug
-    /// mode) is done here, the rest by asyncio's own code.
     #[pyo3(signature = (coro, *, name=None, context=None))]
     fn create_task<'py>(slf: &Bound<'py, Self>, coro: Bound<'py, PyAny>, name: Option<Bound<'py, PyAny>>, context: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let core = slf.get();
-        core.check_closed()?;
-        let name = name.filter(|n| !n.is_none());
-        let context = context.filter(|c| !c.is_none());
-        let plain = !core.debug()
-            && (context.is_none() || core.py311_plus)
-            && lock(&core.task_factory).is_none();
-        if plain {
-            return crate::pyhelpers::new_task(slf.as_any(), &coro, name.as_ref(), context.as_ref());
-        }
-        let kwargs = pyo3::types::PyDict::new(py);
-        if let Some(name) = name {
-            kwargs.set_item(pyo3::intern!(py, "name"), name)?;
-        }
-        if let Some(context) = context {
-            kwargs.set_item(pyo3::intern!(py, "context"), context)?;
-        }
-        slf.call_method(pyo3::intern!(py, "_create_task_fallback"), (coro,), Some(&kwargs))
+        scheduling::create_task(slf, coro, name, context)
     }
 
     fn _ready_count(&self) -> usize {
@@ -355,11 +342,7 @@ impl LoopCore {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
-        let (ready, timers) = {
-            let mut s = lock(&self.sched);
-            s.foreign_queued = 0;
-            (std::mem::take(&mut s.ready), s.timers.take_all())
-        };
+        let (ready, timers) = lock(&self.sched).take_all();
         for t in &timers {
             t.item.get().set_scheduled(false);
             t.item.bind(py).as_super().get().release(true);
@@ -459,10 +442,7 @@ impl LoopCore {
     }
 
     fn __clear__(&self) {
-        let taken = self.sched.try_lock().ok().map(|mut s| {
-            s.foreign_queued = 0;
-            (std::mem::take(&mut s.ready), s.timers.take_all())
-        });
+        let taken = self.sched.try_lock().ok().map(|mut s| s.take_all());
         let fds = self.fds.try_lock().ok().map(|mut f| f.take_all());
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
         drop((taken, fds, factory));

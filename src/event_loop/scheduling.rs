@@ -3,7 +3,7 @@
 //! closed check first, then debug-mode thread/callback checks).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 use pyo3::PyClassInitializer;
 
 use super::{lock, reject_none, LoopCore, Ready};
@@ -82,6 +82,28 @@ fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>,
     untrack(&timer);
     lock(&core.sched).timers.push(when, timer.clone_ref(py));
     Ok(timer)
+}
+
+/// asyncio's `create_task`: the common case (no task factory, no debug mode)
+/// is done here, the rest by asyncio's own code (`_create_task_fallback`).
+pub fn create_task<'py>(slf: &Bound<'py, LoopCore>, coro: Bound<'py, PyAny>, name: Option<Bound<'py, PyAny>>, context: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    let py = slf.py();
+    let core = slf.get();
+    core.check_closed()?;
+    let name = name.filter(|n| !n.is_none());
+    let context = context.filter(|c| !c.is_none());
+    let plain = !core.debug() && (context.is_none() || core.py311_plus) && lock(&core.task_factory).is_none();
+    if plain {
+        return pyhelpers::new_task(slf.as_any(), &coro, name.as_ref(), context.as_ref());
+    }
+    let kwargs = PyDict::new(py);
+    if let Some(name) = name {
+        kwargs.set_item(pyo3::intern!(py, "name"), name)?;
+    }
+    if let Some(context) = context {
+        kwargs.set_item(pyo3::intern!(py, "context"), context)?;
+    }
+    slf.call_method(pyo3::intern!(py, "_create_task_fallback"), (coro,), Some(&kwargs))
 }
 
 /// asyncio's `_add_callback`: queue an existing handle unless it is cancelled.
