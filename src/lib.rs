@@ -5,6 +5,7 @@
 //! - [`poller`]: mio polling plus level-triggered fd interest,
 //! - [`handles`]: `Handle` and `TimerHandle`,
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
+//! - [`transport`]: socket transports (read, write, flow control),
 //! - [`pyhelpers`]: calls into the package's Python helpers.
 
 pub mod clock;
@@ -13,6 +14,7 @@ pub mod handles;
 pub mod poller;
 pub mod pyhelpers;
 pub mod timer_heap;
+pub mod transport;
 
 use pyo3::prelude::*;
 
@@ -21,5 +23,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transport::stream::StreamTransportCore>()?;
     Ok(())
 }

@@ -20,7 +20,7 @@ from asyncio.log import logger
 from . import _ferroloop
 from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
-from ._stream import make_socket_transport
+from ._stream import make_socket_transport, make_ssl_transport
 from ._subprocess import close_pidfds, make_subprocess_transport
 
 
@@ -101,10 +101,7 @@ def _read_from_self(loop_ref):
     "subprocess_shell", "subprocess_exec", "_log_subprocess",
     "_make_read_pipe_transport", "_make_write_pipe_transport",
     "_child_watcher_callback",
-    # The transports and the accept loop, driven by ferroloop's fd
-    # callbacks. For now the selector loop's Python transports; Rust
-    # transports are to replace them.
-    "_make_ssl_transport",
+    # the accept loop, driven by ferroloop's fd callbacks
     "_start_serving", "_accept_connection", "_accept_connection2",
 )
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
@@ -114,6 +111,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     _make_subprocess_transport = make_subprocess_transport
     _make_datagram_transport = make_datagram_transport
     _make_socket_transport = make_socket_transport
+    _make_ssl_transport = make_ssl_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
     _create_task_fallback = _STANDARD_LOOP.create_task

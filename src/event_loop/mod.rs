@@ -12,6 +12,7 @@ mod run;
 mod scheduling;
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -447,6 +448,21 @@ impl LoopCore {
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
         drop((taken, fds, factory));
     }
+}
+
+/// `loop._add_reader(fd, callback)` / `_add_writer` for the Rust transports.
+pub(crate) fn watch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, callback: Bound<'_, PyAny>) -> PyResult<()> {
+    let py = lp.py();
+    let dir = if writable { fd_callbacks::Dir::Write } else { fd_callbacks::Dir::Read };
+    let fd_obj = fd.into_pyobject(py)?.into_any();
+    fd_callbacks::add(lp, &fd_obj, callback, PyTuple::empty(py), dir, false).map(drop)
+}
+
+/// `loop._remove_reader(fd)` / `_remove_writer`; false if nothing was watched.
+pub(crate) fn unwatch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool) -> PyResult<bool> {
+    let dir = if writable { fd_callbacks::Dir::Write } else { fd_callbacks::Dir::Read };
+    let fd_obj = fd.into_pyobject(lp.py())?.into_any();
+    fd_callbacks::remove(lp, &fd_obj, dir, false)
 }
 
 /// Raise asyncio's TypeError for a `None` delay or deadline (3.11+).

@@ -1,0 +1,9 @@
+//! Transports whose hot paths run in Rust.
+//!
+//! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
+//! - [`write_buffer`]: the queue of unsent bytes, sent with vectored sends,
+//! - [`socket_io`]: the socket system calls, errors as Python's socket module raises them.
+
+pub mod socket_io;
+pub mod stream;
+pub mod write_buffer;

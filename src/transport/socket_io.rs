@@ -1,0 +1,54 @@
+//! The socket system calls of the stream transport, on the raw fd of a
+//! socket object the transport holds (so the fd stays open while in use).
+
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{BorrowedFd, RawFd};
+
+use pyo3::exceptions::PyOSError;
+use pyo3::PyErr;
+use socket2::{SockRef, Socket};
+
+fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: the transport keeps the Python socket object that owns `fd`
+    // alive and unclosed for as long as it makes these calls, and the
+    // borrow does not outlive this function.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    f(&SockRef::from(&fd))
+}
+
+/// `send(2)`; MSG_NOSIGNAL so a closed peer is an EPIPE error, never a signal.
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    with_socket(fd, |s| s.send_with_flags(data, libc::MSG_NOSIGNAL))
+}
+
+pub fn send_vectored(fd: RawFd, chunks: &[IoSlice<'_>]) -> io::Result<usize> {
+    with_socket(fd, |s| s.send_vectored_with_flags(chunks, libc::MSG_NOSIGNAL))
+}
+
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    with_socket(fd, |mut s| s.read(buf))
+}
+
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    with_socket(fd, |s| s.shutdown(std::net::Shutdown::Write))
+}
+
+/// The errors asyncio's transports treat as "try again at the next event"
+/// (BlockingIOError, InterruptedError).
+pub fn would_block(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+/// The exception the socket module would raise: `OSError(errno, strerror)`,
+/// which Python turns into its errno subclass (ConnectionResetError, ...).
+pub fn os_error(e: io::Error) -> PyErr {
+    match e.raw_os_error() {
+        Some(errno) => {
+            let text = e.to_string();
+            let suffix = format!(" (os error {errno})");
+            let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+            PyOSError::new_err((errno, strerror))
+        }
+        None => PyErr::from(e),
+    }
+}
