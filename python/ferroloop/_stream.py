@@ -8,6 +8,7 @@ stays here is cold: extra info, repr, the end of the connection and error
 reports, written as asyncio's `_SelectorSocketTransport` writes them."""
 
 import inspect
+import sys
 import warnings
 from asyncio import base_events, constants, futures, sslproto, transports, trsock
 from asyncio.log import logger
@@ -16,13 +17,16 @@ from ._ferroloop import StreamTransportCore
 
 # Methods of the transport API that the Rust core implements.
 _CORE_METHODS = (
-    "write", "writelines", "write_eof", "can_write_eof",
+    "write", "write_eof", "can_write_eof",
     "close", "abort", "is_closing", "is_reading", "pause_reading", "resume_reading",
-    "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
+    "get_write_buffer_size",
     "get_protocol", "set_protocol",
     "_force_close", "_make_empty_waiter", "_reset_empty_waiter",
     "_read_ready", "_write_ready",
 )
+# Before 3.12, writelines() is WriteTransport's: join, then write().
+if sys.version_info >= (3, 12):
+    _CORE_METHODS += ("writelines",)
 
 # 3.13's Server tracks its clients: _attach(transport)/_detach(transport).
 _SERVER_TRACKS_CLIENTS = "transport" in inspect.signature(base_events.Server._attach).parameters
@@ -65,6 +69,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         core = self._core = StreamTransportCore(loop, sock, self, protocol)
         for name in _CORE_METHODS:
             self.__dict__[name] = getattr(core, name)
+        self._set_write_buffer_limits()
         self._sock = sock
         self._server = server
         if server is not None:
@@ -87,8 +92,12 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     _eof = property(lambda self: self._core._eof)
     _paused = property(lambda self: self._core._paused)
     _empty_waiter = property(lambda self: self._core._empty_waiter)
-    _high_water = property(lambda self: self._core.get_write_buffer_limits()[1])
-    _low_water = property(lambda self: self._core.get_write_buffer_limits()[0])
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        # asyncio's arithmetic and checks (_FlowControlMixin); the core
+        # compares the buffer against the result.
+        self._set_write_buffer_limits(high=high, low=low)
+        self._core._set_water_marks(self._high_water, self._low_water)
 
     def __repr__(self):
         info = [self.__class__.__name__]

@@ -18,7 +18,7 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -33,7 +33,7 @@ const MAX_READ: usize = 256 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+const DEFAULT_HIGH_WATER: f64 = 64.0 * 1024.0;
 
 thread_local! {
     /// One receive buffer per thread: a loop reads from one socket at a time
@@ -79,8 +79,8 @@ struct State {
     paused: bool,
     eof: bool,
     protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    high_water: f64,
+    low_water: f64,
     buffer: WriteBuffer<Chunk>,
     empty_waiter: Option<Py<PyAny>>,
 }
@@ -189,7 +189,7 @@ impl StreamTransportCore {
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
         let protocol = {
             let mut s = self.state();
-            if s.buffer.len() <= s.high_water || s.protocol_paused {
+            if s.buffer.len() as f64 <= s.high_water || s.protocol_paused {
                 return Ok(());
             }
             s.protocol_paused = true;
@@ -202,7 +202,7 @@ impl StreamTransportCore {
     fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
         let protocol = {
             let mut s = self.state();
-            if !s.protocol_paused || s.buffer.len() > s.low_water {
+            if !s.protocol_paused || s.buffer.len() as f64 > s.low_water {
                 return Ok(());
             }
             s.protocol_paused = false;
@@ -354,8 +354,10 @@ impl StreamTransportCore {
     }
 }
 
-/// `data` as chunks to send: a `bytes` is held, other buffers are copied.
-fn chunk_of(data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
+/// `data` as a chunk to send: a `bytes` is held, other buffers are copied.
+/// The error for anything else is the one `write()` raises, or for
+/// `writelines()` the one of its `memoryview(data)`.
+fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return Ok(Chunk::Shared(PyBackedBytes::from(b.clone())));
     }
@@ -369,10 +371,12 @@ fn chunk_of(data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
         let copy = data.py().get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
         return Ok(Chunk::Shared(PyBackedBytes::from(copy)));
     }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
-        data.get_type().name()?.to_string()
-    )))
+    let type_name = data.get_type().name()?.repr()?;
+    Err(PyTypeError::new_err(if for_writelines {
+        format!("memoryview: a bytes-like object is required, not {type_name}")
+    } else {
+        format!("data argument must be a bytes-like object, not {type_name}")
+    }))
 }
 
 #[pymethods]
@@ -396,7 +400,7 @@ impl StreamTransportCore {
                 eof: false,
                 protocol_paused: false,
                 high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                low_water: DEFAULT_HIGH_WATER / 4.0,
                 buffer: WriteBuffer::default(),
                 empty_waiter: None,
             }),
@@ -488,17 +492,19 @@ impl StreamTransportCore {
     // ----- writing -----------------------------------------------------------
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let chunk = chunk_of(data)?;
+        let chunk = chunk_of(data, false)?;
         if !slf.get().accept_write(slf.py(), "write")? || chunk.as_ref().is_empty() {
             return Ok(());
         }
         Self::send_or_queue(slf, vec![chunk])
     }
 
+    /// Python 3.12+'s `writelines` (earlier versions join and `write()`):
+    /// the chunks go out in one vectored send.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut chunks = Vec::new();
         for data in list_of_data.try_iter()? {
-            let chunk = chunk_of(&data?)?;
+            let chunk = chunk_of(&data?, true)?;
             if !chunk.as_ref().is_empty() {
                 chunks.push(chunk);
             }
@@ -585,27 +591,13 @@ impl StreamTransportCore {
         self.state().buffer.len()
     }
 
-    /// `(low, high)`, as asyncio returns them.
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        let s = self.state();
-        (s.low_water, s.high_water)
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(&self, py: Python<'_>, high: Option<Bound<'_, PyAny>>, low: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        // asyncio's defaults: high = 4 * low, or 64 KiB; low = high // 4.
-        let as_int = |v: &Option<Bound<'_, PyAny>>| v.as_ref().map(|v| v.extract::<i64>()).transpose();
-        let (high_in, low_in) = (as_int(&high)?, as_int(&low)?);
-        let high_v = high_in.unwrap_or_else(|| low_in.map_or(DEFAULT_HIGH_WATER as i64, |l| l.saturating_mul(4)));
-        let low_v = low_in.unwrap_or(high_v.div_euclid(4));
-        if !(high_v >= low_v && low_v >= 0) {
-            let show = |given: &Option<Bound<'_, PyAny>>, v: i64| given.as_ref().and_then(|g| g.repr().ok()).map_or(v.to_string(), |r| r.to_string());
-            return Err(PyValueError::new_err(format!("high ({}) must be >= low ({}) must be >= 0", show(&high, high_v), show(&low, low_v))));
-        }
+    /// The water marks `set_write_buffer_limits` worked out (in Python, with
+    /// asyncio's own arithmetic); applied at once, as asyncio does.
+    fn _set_water_marks(&self, py: Python<'_>, high: f64, low: f64) -> PyResult<()> {
         {
             let mut s = self.state();
-            s.high_water = high_v as usize;
-            s.low_water = low_v as usize;
+            s.high_water = high;
+            s.low_water = low;
         }
         self.maybe_pause_protocol(py)
     }

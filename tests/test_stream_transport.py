@@ -1,0 +1,426 @@
+"""The stream transport (TCP and Unix sockets), differential: protocol
+callback order, data integrity, flow control marks, close/abort, errors in
+protocol callbacks, BufferedProtocol, misuse — the same trace on ferroloop
+and on the standard loop."""
+
+import asyncio
+import gc
+import os
+import socket
+import warnings
+
+import pytest
+
+from conftest import capture_log
+
+FAMILIES = ["tcp", "unix"]
+
+
+async def _connect(loop, family, proto_factory):
+    """A transport for proto_factory's protocol and a plain non-blocking
+    socket as its peer."""
+    if family == "unix":
+        ours, peer = socket.socketpair()
+        transport, proto = await loop.connect_accepted_socket(proto_factory, ours)
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        transport, proto = await loop.create_connection(proto_factory, *listener.getsockname())
+        peer, _ = listener.accept()
+        listener.close()
+    peer.setblocking(False)
+    return transport, proto, peer
+
+
+async def _read_all(loop, sock, until_eof=True, nbytes=None):
+    chunks = []
+    total = 0
+    while nbytes is None or total < nbytes:
+        data = await loop.sock_recv(sock, 65536)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+class Recorder(asyncio.Protocol):
+    """Records the callbacks it gets; received data is joined."""
+
+    def __init__(self, trace, keep_open=False):
+        self.trace = trace
+        self.keep_open = keep_open
+        self.data = bytearray()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.trace.append(("made", isinstance(transport, asyncio.Transport)))
+
+    def data_received(self, data):
+        if not self.data:
+            self.trace.append("data")
+        self.data += data
+
+    def eof_received(self):
+        self.trace.append(("eof", bytes(self.data)))
+        return self.keep_open
+
+    def pause_writing(self):
+        self.trace.append("pause_writing")
+
+    def resume_writing(self):
+        self.trace.append("resume_writing")
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", type(exc).__name__ if exc else None))
+        self.lost.set_result(None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_callback_order_and_data(same, family):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, family, lambda: Recorder(trace))
+        trace.append(("extra", sorted(k for k in ("socket", "sockname", "peername")
+                                      if transport.get_extra_info(k) is not None)))
+        for i in range(50):
+            await loop.sock_sendall(peer, b"x%d," % i)
+        peer.shutdown(socket.SHUT_WR)
+        await proto.lost
+        trace.append(("closing", transport.is_closing(), transport.get_protocol() is None))
+        trace.append(await _read_all(loop, peer))
+        peer.close()
+    same(scenario)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_close_flushes_everything_queued(same, family):
+    payload = os.urandom(4 * 1024 * 1024)
+
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, family, lambda: Recorder(trace))
+        transport.write(payload[:1000])
+        # Below the high-water mark: writelines() pauses nothing before 3.12.4.
+        transport.writelines([payload[1000:5000], bytearray(payload[5000:9000]),
+                              memoryview(payload)[9000:20000], b""])
+        transport.write(memoryview(payload)[20000:])
+        trace.append(("queued", transport.get_write_buffer_size() > 0))
+        transport.close()
+        trace.append(("closing", transport.is_closing(), transport.is_reading()))
+        received = await _read_all(loop, peer)
+        await proto.lost
+        trace.append(("received", received == payload))
+        peer.close()
+    same(scenario)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_abort_drops_queued_data_at_once(same, family):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, family, lambda: Recorder(trace))
+        transport.write(b"x" * (8 * 1024 * 1024))
+        trace.append(("queued", transport.get_write_buffer_size() > 0))
+        transport.abort()
+        trace.append(("after abort", transport.get_write_buffer_size(), transport.is_closing()))
+        transport.abort()  # twice is harmless
+        await proto.lost
+        received = await _read_all(loop, peer)
+        trace.append(("partial", 0 < len(received) < 8 * 1024 * 1024))
+        peer.close()
+    same(scenario)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flow_control_marks(same, family):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, family, lambda: Recorder(trace))
+        trace.append(("defaults", transport.get_write_buffer_limits()))
+        transport.set_write_buffer_limits(high=4096)
+        trace.append(("limits", transport.get_write_buffer_limits()))
+        chunk = b"y" * 65536
+        sizes = []
+        # Write until the protocol is told to pause (the peer reads nothing).
+        while "pause_writing" not in trace:
+            transport.write(chunk)
+            sizes.append(transport.get_write_buffer_size())
+        trace.append(("paused above high", sizes[-1] > 4096))
+        transport.write(chunk)  # paused only once
+        written = len(chunk) * (len(sizes) + 1)
+        received = await _read_all(loop, peer, nbytes=written)
+        trace.append(("all received", len(received) == written))
+        trace.append(("drained", transport.get_write_buffer_size()))
+        transport.close()
+        await proto.lost
+        peer.close()
+    same(scenario)
+
+
+def test_write_buffer_limits_arguments(same):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        for args in [dict(high=100), dict(low=100), dict(high=100, low=10),
+                     dict(high=0), dict(high=10, low=20), dict(low=-1), dict(high="x")]:
+            try:
+                transport.set_write_buffer_limits(**args)
+                trace.append(("ok", transport.get_write_buffer_limits()))
+            except Exception as e:
+                trace.append((type(e).__name__, str(e)))
+        transport.close()
+        await proto.lost
+        peer.close()
+    same(scenario)
+
+
+def test_write_misuse(same):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        for data in ["text", 12, None, [b"a"]]:
+            try:
+                transport.write(data)
+            except Exception as e:
+                trace.append((type(e).__name__, str(e)))
+        transport.write(b"")
+        trace.append(("can_write_eof", transport.can_write_eof()))
+        transport.write_eof()
+        trace.append(("eof data", await _read_all(loop, peer)))
+        for call in (lambda: transport.write(b"late"), lambda: transport.writelines([b"late"])):
+            try:
+                call()
+            except Exception as e:
+                trace.append((type(e).__name__, str(e)))
+        transport.close()
+        await proto.lost
+        peer.close()
+    same(scenario)
+
+
+def test_writes_after_connection_lost_warn(same):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        transport.abort()
+        await proto.lost
+        with capture_log() as log:
+            for _ in range(7):
+                transport.write(b"gone")
+        trace.append(log.summary())
+        peer.close()
+    same(scenario)
+
+
+def test_data_received_error_goes_to_handler_and_closes(same):
+    class Failing(Recorder):
+        def data_received(self, data):
+            raise ZeroDivisionError("boom")
+
+    async def scenario(loop, trace):
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        transport, proto, peer = await _connect(loop, "tcp", lambda: Failing(trace))
+        await loop.sock_sendall(peer, b"hello")
+        await proto.lost
+        ctx = contexts[0]
+        trace.append((ctx["message"], type(ctx["exception"]).__name__,
+                      ctx["transport"] is transport, ctx["protocol"] is proto))
+        trace.append(("loop alive", loop.is_running()))
+        peer.close()
+    same(scenario)
+
+
+def test_pause_writing_error_goes_to_handler(same):
+    class Failing(Recorder):
+        def pause_writing(self):
+            raise ValueError("no")
+
+    async def scenario(loop, trace):
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        transport, proto, peer = await _connect(loop, "unix", lambda: Failing(trace))
+        transport.set_write_buffer_limits(high=0)
+        transport.write(b"z" * (4 * 1024 * 1024))
+        trace.append([(c["message"], type(c["exception"]).__name__) for c in contexts])
+        transport.abort()
+        await proto.lost
+        peer.close()
+    same(scenario)
+
+
+def test_eof_received_keep_open_allows_reply(same):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace, keep_open=True))
+        await loop.sock_sendall(peer, b"question")
+        peer.shutdown(socket.SHUT_WR)
+        while not any(isinstance(t, tuple) and t[0] == "eof" for t in trace):
+            await asyncio.sleep(0.001)
+        trace.append(("closing after eof", transport.is_closing()))
+        transport.write(b"answer")
+        transport.close()
+        trace.append(await _read_all(loop, peer))
+        await proto.lost
+        peer.close()
+    same(scenario)
+
+
+def test_pause_and_resume_reading(same):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        await asyncio.sleep(0)
+        transport.pause_reading()
+        trace.append(("reading", transport.is_reading()))
+        await loop.sock_sendall(peer, b"held back")
+        await asyncio.sleep(0.05)
+        trace.append(("while paused", bytes(proto.data)))
+        transport.resume_reading()
+        trace.append(("reading", transport.is_reading()))
+        while not proto.data:
+            await asyncio.sleep(0.001)
+        trace.append(("after resume", bytes(proto.data)))
+        transport.close()
+        trace.append(("reading after close", transport.is_reading()))
+        transport.resume_reading()
+        await proto.lost
+        peer.close()
+    same(scenario)
+
+
+class Buffered(asyncio.BufferedProtocol):
+    def __init__(self, trace, size=1000):
+        self.trace = trace
+        self.buf = bytearray(size)
+        self.data = bytearray()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.trace.append("made")
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        self.trace.append(("eof", len(self.data)))
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", type(exc).__name__ if exc else None))
+        self.lost.set_result(None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_buffered_protocol(same, family):
+    payload = os.urandom(300_000)
+
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, family, lambda: Buffered(trace))
+        await loop.sock_sendall(peer, payload)
+        peer.shutdown(socket.SHUT_WR)
+        await proto.lost
+        trace.append(proto.data == payload)
+        peer.close()
+    same(scenario)
+
+
+def test_buffered_protocol_empty_buffer_is_fatal(same):
+    async def scenario(loop, trace):
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        transport, proto, peer = await _connect(loop, "unix", lambda: Buffered(trace, size=0))
+        await loop.sock_sendall(peer, b"data")
+        await proto.lost
+        trace.append([(c["message"], type(c["exception"]).__name__, str(c["exception"])) for c in contexts])
+        peer.close()
+    same(scenario)
+
+
+def test_set_protocol_switches_receiver(same):
+    async def scenario(loop, trace):
+        transport, first, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        await loop.sock_sendall(peer, b"one")
+        while not first.data:
+            await asyncio.sleep(0.001)
+        second = Buffered(trace)
+        transport.set_protocol(second)
+        trace.append(transport.get_protocol() is second)
+        await loop.sock_sendall(peer, b"two")
+        peer.shutdown(socket.SHUT_WR)
+        await second.lost
+        trace.append((bytes(first.data), bytes(second.data)))
+        peer.close()
+    same(scenario)
+
+
+def test_peer_reset_reports_connection_error(same):
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # RST
+        await proto.lost
+        trace.append(transport.is_closing())
+    same(scenario)
+
+
+def test_unclosed_transport_warns_and_closes_its_socket(factory):
+    loop = factory()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    ours, peer = socket.socketpair()
+
+    async def connect():
+        await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    loop.run_until_complete(connect())
+    loop.close()
+    del ours
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) and "unclosed transport" in str(w.message)
+               for w in caught)
+    peer.close()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_many_connections_leak_no_fds(factory):
+    loop = factory()
+
+    async def main():
+        server = await loop.create_server(lambda: Recorder([]), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"hi")
+            writer.close()
+            await writer.wait_closed()
+        await asyncio.sleep(0.05)
+        after = len(os.listdir("/proc/self/fd"))
+        server.close()
+        await server.wait_closed()
+        return after - before
+
+    try:
+        assert loop.run_until_complete(main()) <= 2
+    finally:
+        loop.close()
+
+
+def test_writelines_pauses_the_protocol(impl):
+    """writelines() honours the high-water mark, as write() does (CPython
+    fixed this for its own writelines in gh-127655; older 3.12/3.13 patch
+    releases never pause)."""
+    trace = []
+    loop = impl.new_event_loop()
+
+    async def main():
+        transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        transport.set_write_buffer_limits(high=1000)
+        transport.writelines([b"a" * 1_000_000, b"b" * 1_000_000])
+        paused = "pause_writing" in trace
+        received = await _read_all(loop, peer, nbytes=2_000_000)
+        transport.close()
+        await proto.lost
+        peer.close()
+        return paused, len(received)
+
+    try:
+        assert loop.run_until_complete(main()) == (True, 2_000_000)
+    finally:
+        loop.close()
