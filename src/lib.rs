@@ -6,6 +6,7 @@
 //! - [`handles`]: `Handle` and `TimerHandle`,
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
 //! - [`transport`]: socket transports (read, write, flow control),
+//! - [`sock_ops`]: `sock_recv`/`sock_recv_into`/`sock_sendall` fast paths,
 //! - [`pyhelpers`]: calls into the package's Python helpers.
 
 pub mod clock;
@@ -13,6 +14,7 @@ pub mod event_loop;
 pub mod handles;
 pub mod poller;
 pub mod pyhelpers;
+pub mod sock_ops;
 pub mod timer_heap;
 pub mod transport;
 
@@ -24,5 +26,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::stream::StreamTransportCore>()?;
+    m.add_class::<sock_ops::SockWait>()?;
+    m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;
     Ok(())
 }

@@ -374,3 +374,92 @@ def test_sock_recv_on_closed_socket_error_type(same):
             trace.append(type(e).__name__)
 
     same(scenario)
+
+
+class _SocketSubclass(socket.socket):
+    """Not a plain socket.socket: asyncio's code path, calling its methods."""
+
+    def recv(self, n, *args):
+        return b"sub:" + super().recv(n, *args)
+
+
+def test_socket_subclass_methods_are_honoured(same):
+    async def scenario(loop, trace):
+        a, b = socket.socketpair()
+        sub = _SocketSubclass(a.family, a.type, fileno=a.detach())
+        sub.setblocking(False)
+        b.setblocking(False)
+        with sub, b:
+            pending = asyncio.ensure_future(loop.sock_recv(sub, 100))
+            await asyncio.sleep(0.01)
+            await loop.sock_sendall(b, b"data")
+            trace.append(await pending)
+    same(scenario)
+
+
+def test_sock_ops_refuse_an_fd_a_transport_owns(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        with b:
+            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+            for call in (lambda: loop.sock_recv(a, 10), lambda: loop.sock_recv_into(a, bytearray(10)),
+                         lambda: loop.sock_sendall(a, b"x" * 10_000_000)):
+                try:
+                    trace.append(("ok", await call()))
+                except Exception as e:
+                    # The transport's class name is the one difference.
+                    message = str(e).replace(str(a.fileno()), "FD").replace("_SelectorSocketTransport", "SocketTransport")
+                    trace.append((type(e).__name__, message))
+            transport.close()
+            await asyncio.sleep(0)
+    same(scenario)
+
+
+def test_sendall_copies_mutable_data_it_queues(loop):
+    a, b = _pair()
+    with a, b:
+        async def main():
+            data = bytearray(b"x" * 8_000_000)
+            send = asyncio.ensure_future(loop.sock_sendall(a, data))
+            await asyncio.sleep(0)
+            data[:] = b"y" * len(data)  # what asyncio's memoryview would refuse or send
+            received = bytearray()
+            while len(received) < 8_000_000:
+                received += await loop.sock_recv(b, 1 << 20)
+            await send
+            return received.count(b"x") + received.count(b"y") == 8_000_000
+        assert run(loop, main())
+
+
+def test_sendall_to_closed_peer_raises_and_unregisters(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        with a:
+            send = asyncio.ensure_future(loop.sock_sendall(a, b"z" * 10_000_000))
+            await asyncio.sleep(0.01)
+            b.close()
+            try:
+                await send
+            except OSError as e:
+                trace.append(type(e).__name__)
+            # the fd is free for another registration
+            loop.add_writer(a, lambda: None)
+            trace.append(loop.remove_writer(a))
+    same(scenario)
+
+
+def test_cancel_pending_sendall_keeps_socket_usable(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        with a, b:
+            send = asyncio.ensure_future(loop.sock_sendall(a, b"z" * 10_000_000))
+            await asyncio.sleep(0.01)
+            send.cancel()
+            try:
+                await send
+            except asyncio.CancelledError:
+                trace.append("cancelled")
+            loop.add_writer(a, lambda: None)
+            trace.append(loop.remove_writer(a))
+            trace.append(loop.remove_reader(a))
+    same(scenario)

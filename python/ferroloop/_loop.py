@@ -20,6 +20,7 @@ from asyncio.log import logger
 from . import _ferroloop
 from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
+from ._sock import sock_recv, sock_recv_into, sock_sendall
 from ._stream import make_socket_transport, make_ssl_transport
 from ._subprocess import close_pidfds, make_subprocess_transport
 
@@ -82,9 +83,11 @@ def _read_from_self(loop_ref):
     "add_signal_handler", "remove_signal_handler", "_handle_signal", "_check_signal",
     # sock_* coroutines
     "_ensure_fd_no_transport",
-    "sock_recv", "_sock_recv", "sock_recv_into", "_sock_recv_into",
+    # (sock_recv, sock_recv_into and sock_sendall have Rust fast paths,
+    # _sock.py; these helpers are their fallback)
+    "_sock_recv", "_sock_recv_into",
     "sock_recvfrom", "_sock_recvfrom", "sock_recvfrom_into", "_sock_recvfrom_into",
-    "sock_sendall", "_sock_sendall", "sock_sendto", "_sock_sendto",
+    "_sock_sendall", "sock_sendto", "_sock_sendto",
     "sock_connect", "_sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
     "_sock_read_done", "_sock_write_done",
     # connections, servers, datagrams, TLS, sendfile
@@ -108,6 +111,9 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     getaddrinfo = getaddrinfo
+    sock_recv = sock_recv
+    sock_recv_into = sock_recv_into
+    sock_sendall = sock_sendall
     _make_subprocess_transport = make_subprocess_transport
     _make_datagram_transport = make_datagram_transport
     _make_socket_transport = make_socket_transport

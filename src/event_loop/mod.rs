@@ -451,11 +451,11 @@ impl LoopCore {
 }
 
 /// `loop._add_reader(fd, callback)` / `_add_writer` for the Rust transports.
-pub(crate) fn watch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, callback: Bound<'_, PyAny>) -> PyResult<()> {
+pub(crate) fn watch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, callback: Bound<'_, PyAny>) -> PyResult<Py<Handle>> {
     let py = lp.py();
     let dir = if writable { fd_callbacks::Dir::Write } else { fd_callbacks::Dir::Read };
     let fd_obj = fd.into_pyobject(py)?.into_any();
-    fd_callbacks::add(lp, &fd_obj, callback, PyTuple::empty(py), dir, false).map(drop)
+    fd_callbacks::add(lp, &fd_obj, callback, PyTuple::empty(py), dir, false)
 }
 
 /// `loop._remove_reader(fd)` / `_remove_writer`; false if nothing was watched.

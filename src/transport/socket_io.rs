@@ -1,6 +1,7 @@
 //! The socket system calls of the stream transport, on the raw fd of a
 //! socket object the transport holds (so the fd stays open while in use).
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{BorrowedFd, RawFd};
 
@@ -8,7 +9,34 @@ use pyo3::exceptions::PyOSError;
 use pyo3::PyErr;
 use socket2::{SockRef, Socket};
 
+/// Reads of up to this size go through one buffer per thread.
+const SHARED_READ_BUFFER: usize = 256 * 1024;
+
+thread_local! {
+    /// A loop reads from one socket at a time and copies out only what
+    /// arrived, so one buffer serves every read of the thread.
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on a scratch buffer of `size` bytes (the thread's shared one when
+/// it is free and large enough, else a fresh one).
+pub fn with_read_buffer<T>(size: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) if size <= SHARED_READ_BUFFER => {
+            if buf.len() < SHARED_READ_BUFFER {
+                buf.resize(SHARED_READ_BUFFER, 0);
+            }
+            f(&mut buf[..size])
+        }
+        _ => f(&mut vec![0u8; size]),
+    })
+}
+
 fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Result<T> {
+    // A closed socket object reports fileno() -1: EBADF, as its methods raise.
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
     // SAFETY: the transport keeps the Python socket object that owns `fd`
     // alive and unclosed for as long as it makes these calls, and the
     // borrow does not outlive this function.

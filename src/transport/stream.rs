@@ -13,7 +13,6 @@
 //! The fd is watched through the loop's own `_add_reader`/`_add_writer`
 //! handles, so callback order, contexts and debug mode are the loop's.
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
@@ -34,12 +33,6 @@ const MAX_READ: usize = 256 * 1024;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: f64 = 64.0 * 1024.0;
-
-thread_local! {
-    /// One receive buffer per thread: a loop reads from one socket at a time
-    /// and copies out only what arrived.
-    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// Bytes waiting to be sent: an immutable `bytes` is held as is, anything
 /// else (bytearray, memoryview) is copied, since its owner may change it.
@@ -133,7 +126,7 @@ impl StreamTransportCore {
         let py = slf.py();
         let Some(lp) = slf.get().handles(py).loop_ else { return Ok(()) };
         let callback = slf.getattr(if writable { pyo3::intern!(py, "_write_ready") } else { pyo3::intern!(py, "_read_ready") })?;
-        event_loop::watch_fd(&lp, slf.get().fd, writable, callback)
+        event_loop::watch_fd(&lp, slf.get().fd, writable, callback).map(drop)
     }
 
     fn unwatch(&self, py: Python<'_>, writable: bool) -> PyResult<()> {
@@ -434,10 +427,7 @@ impl StreamTransportCore {
                 None => return Ok(()),
             }
         };
-        let received = READ_BUFFER.with_borrow_mut(|buf| {
-            if buf.len() < MAX_READ {
-                buf.resize(MAX_READ, 0);
-            }
+        let received = socket_io::with_read_buffer(MAX_READ, |buf| {
             socket_io::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
         });
         match received {
