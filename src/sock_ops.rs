@@ -67,26 +67,16 @@ impl Op {
             Op::Recv { nbytes } => io(socket_io::with_read_buffer(*nbytes, |buf| {
                 socket_io::recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n]).into_any().unbind())
             })),
-            Op::RecvInto { buf } => {
-                let buf = buf.bind(py);
-                match PyBuffer::<u8>::get(buf) {
-                    Ok(view) if !view.readonly() && view.is_c_contiguous() => {
-                        // SAFETY: `view` keeps the exporter's memory alive and
-                        // unmoved until it is dropped after the call; it is
-                        // writable and contiguous (checked above); no Python
-                        // code runs while the slice is in use.
-                        let slice = unsafe { std::slice::from_raw_parts_mut(view.buf_ptr() as *mut u8, view.len_bytes()) };
-                        io(socket_io::recv(fd, slice).map(|n| n.into_pyobject(py).map(|n| n.into_any().unbind()).unwrap_or_else(|_| py.None())))
-                    }
-                    // Not a plain writable byte buffer: the socket module
-                    // accepts it or raises what it raises.
-                    _ => match sock.call_method1(pyo3::intern!(py, "recv_into"), (buf,)) {
-                        Ok(n) => Attempt::Done(n.unbind()),
-                        Err(e) if is_retry(py, &e) => Attempt::NotReady,
-                        Err(e) => Attempt::Failed(e),
-                    },
-                }
-            }
+            Op::RecvInto { buf } => match socket_io::recv_into_object(fd, buf.bind(py)) {
+                Some(r) => io(r.map(|n| n.into_pyobject(py).unwrap_or_else(|never| match never {}).into_any().unbind())),
+                // Not a plain writable byte buffer: the socket module
+                // accepts it or raises what it raises.
+                None => match sock.call_method1(pyo3::intern!(py, "recv_into"), (buf.bind(py),)) {
+                    Ok(n) => Attempt::Done(n.unbind()),
+                    Err(e) if is_retry(py, &e) => Attempt::NotReady,
+                    Err(e) => Attempt::Failed(e),
+                },
+            },
             Op::SendAll { data, sent } => match socket_io::send(fd, &data.as_ref()[*sent..]) {
                 Ok(n) => {
                     *sent += n;

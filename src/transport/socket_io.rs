@@ -5,8 +5,9 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{BorrowedFd, RawFd};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyOSError;
-use pyo3::PyErr;
+use pyo3::prelude::*;
 use socket2::{SockRef, Socket};
 
 /// Reads of up to this size go through one buffer per thread.
@@ -79,4 +80,20 @@ pub fn os_error(e: io::Error) -> PyErr {
         }
         None => PyErr::from(e),
     }
+}
+
+/// `recv(2)` straight into a Python object's buffer (a bytearray, a
+/// writable memoryview, ...); None when it is not a writable contiguous
+/// byte buffer, for the caller to hand to the socket module instead.
+pub fn recv_into_object(fd: RawFd, buf: &Bound<'_, PyAny>) -> Option<io::Result<usize>> {
+    let view = PyBuffer::<u8>::get(buf).ok()?;
+    if view.readonly() || !view.is_c_contiguous() {
+        return None;
+    }
+    // SAFETY: `view` keeps the exporter's memory alive and unmoved until it
+    // is dropped at the end of this function; it is writable and contiguous
+    // (checked above), `len_bytes` long; no Python code runs while the slice
+    // is in use, so nothing else touches the memory meanwhile.
+    let slice = unsafe { std::slice::from_raw_parts_mut(view.buf_ptr() as *mut u8, view.len_bytes()) };
+    Some(recv(fd, slice))
 }

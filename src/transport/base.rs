@@ -1,0 +1,342 @@
+//! What every socket transport shares, as asyncio's `_SelectorTransport`
+//! and `_FlowControlMixin`: the references a transport holds, the
+//! closing/connection-lost state machine, reading on and off, flow control
+//! against the write-buffer water marks and the fatal-error path.
+//!
+//! [`Core`] is generic over the write queue (`B`) and over what only one
+//! kind of transport needs (`X`); the stream and datagram transports each
+//! wrap one in their pyclass.
+
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::call::PyCallArgs;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::event_loop::{self, LoopCore};
+
+/// asyncio's default high-water mark (`_FlowControlMixin`); low is a quarter.
+const DEFAULT_HIGH_WATER: f64 = 64.0 * 1024.0;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// A write queue: how much it holds against the water marks, and emptying
+/// it (the contents are handed back, to be dropped with no lock held).
+pub trait WriteQueue: Default {
+    fn size(&self) -> usize;
+
+    fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+}
+
+pub struct State<B, X> {
+    pub loop_: Option<Py<LoopCore>>,
+    /// The Python transport object passed to the protocol and error reports.
+    pub transport: Option<Py<PyAny>>,
+    pub sock: Option<Py<PyAny>>,
+    pub protocol: Option<Py<PyAny>>,
+    pub protocol_connected: bool,
+    /// Set when `connection_lost` is scheduled; counts writes after that.
+    pub conn_lost: u32,
+    pub closing: bool,
+    pub paused: bool,
+    pub protocol_paused: bool,
+    pub high_water: f64,
+    pub low_water: f64,
+    pub buffer: B,
+    pub extra: X,
+}
+
+impl<B, X> State<B, X> {
+    pub fn is_reading(&self) -> bool {
+        !self.closing && !self.paused
+    }
+}
+
+pub struct Core<B, X> {
+    pub fd: RawFd,
+    state: Mutex<State<B, X>>,
+}
+
+/// `except (SystemExit, KeyboardInterrupt): raise`
+pub fn must_propagate(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+impl<B: WriteQueue, X> Core<B, X> {
+    pub fn new(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>, extra: X) -> PyResult<Self> {
+        let py = sock.py();
+        let loop_ = loop_.cast::<LoopCore>()?.clone();
+        let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+        Ok(Core {
+            fd,
+            state: Mutex::new(State {
+                loop_: Some(loop_.unbind()),
+                transport: Some(transport.clone().unbind()),
+                sock: Some(sock.clone().unbind()),
+                protocol: None,
+                protocol_connected: false,
+                conn_lost: 0,
+                closing: false,
+                paused: false,
+                protocol_paused: false,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4.0,
+                buffer: B::default(),
+                extra,
+            }),
+        })
+    }
+
+    /// The state; never held while Python code runs.
+    pub fn state(&self) -> MutexGuard<'_, State<B, X>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        self.state().loop_.as_ref().map(|l| l.bind(py).clone())
+    }
+
+    pub fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state().transport.as_ref().map(|t| t.bind(py).clone())
+    }
+
+    pub fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state().protocol.as_ref().map(|p| p.bind(py).clone())
+    }
+
+    pub fn sock<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state().sock.as_ref().map(|s| s.bind(py).clone())
+    }
+
+    /// Call a method of the Python transport object (the cold paths).
+    fn call_transport<'py>(&self, py: Python<'py>, method: &Bound<'py, PyString>, args: impl PyCallArgs<'py>) -> PyResult<()> {
+        match self.transport(py) {
+            Some(t) => t.call_method1(method, args).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// `logger.debug(message, transport)` in debug mode.
+    pub fn debug_log(&self, py: Python<'_>, message: &str) -> PyResult<()> {
+        if self.event_loop(py).is_some_and(|l| l.get().debug()) {
+            self.call_transport(py, pyo3::intern!(py, "_debug_log"), (message,))?;
+        }
+        Ok(())
+    }
+
+    /// `loop._add_reader(fd, obj._read_ready)` / `_add_writer(fd, obj._write_ready)`
+    /// (the pyclass object `obj` provides the callbacks).
+    pub fn watch(&self, obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<()> {
+        let py = obj.py();
+        let Some(lp) = self.event_loop(py) else { return Ok(()) };
+        let callback = obj.getattr(if writable { pyo3::intern!(py, "_write_ready") } else { pyo3::intern!(py, "_read_ready") })?;
+        event_loop::watch_fd(&lp, self.fd, writable, callback).map(drop)
+    }
+
+    pub fn unwatch(&self, py: Python<'_>, writable: bool) -> PyResult<()> {
+        match self.event_loop(py) {
+            Some(lp) => event_loop::unwatch_fd(&lp, self.fd, writable).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// `loop.call_soon(transport._call_connection_lost, exc)`
+    fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let (Some(lp), Some(t)) = (self.event_loop(py), self.transport(py)) else { return Ok(()) };
+        let callback = t.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+        lp.call_method1(pyo3::intern!(py, "call_soon"), (callback, exc)).map(drop)
+    }
+
+    /// `transport._call_connection_lost(None)`, now (the queue drained after close()).
+    pub fn connection_lost_now(&self, py: Python<'_>) -> PyResult<()> {
+        self.call_transport(py, pyo3::intern!(py, "_call_connection_lost"), (py.None(),))
+    }
+
+    /// asyncio's `except (SystemExit, KeyboardInterrupt): raise` /
+    /// `except BaseException as exc: self._fatal_error(exc, message)`.
+    pub fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
+        if must_propagate(py, &err) {
+            return Err(err);
+        }
+        self.call_transport(py, pyo3::intern!(py, "_fatal_error"), (err.into_value(py), message))
+    }
+
+    /// `_force_close`: drop the queue, stop reading, lose the connection soon.
+    pub fn force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let (had_buffer, was_closing, dropped) = {
+            let mut s = self.state();
+            if s.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = s.buffer.size() > 0;
+            let dropped = s.buffer.take();
+            let was_closing = std::mem::replace(&mut s.closing, true);
+            s.conn_lost += 1;
+            (had_buffer, was_closing, dropped)
+        };
+        drop(dropped);
+        if had_buffer {
+            self.unwatch(py, true)?;
+        }
+        if !was_closing {
+            self.unwatch(py, false)?;
+        }
+        self.schedule_connection_lost(py, exc)
+    }
+
+    /// `close()`: stop reading; the connection is lost once the queue is sent.
+    pub fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let drained = {
+            let mut s = self.state();
+            if s.closing {
+                return Ok(());
+            }
+            s.closing = true;
+            s.buffer.size() == 0
+        };
+        self.unwatch(py, false)?;
+        if drained {
+            self.state().conn_lost += 1;
+            self.unwatch(py, true)?;
+            self.schedule_connection_lost(py, None)?;
+        }
+        Ok(())
+    }
+
+    /// The check writes make first: false when the data is to be dropped
+    /// because the connection is lost (logged after a few such writes).
+    pub fn writable_or_log(&self, py: Python<'_>) -> PyResult<bool> {
+        let warn = {
+            let mut s = self.state();
+            if s.conn_lost == 0 {
+                return Ok(true);
+            }
+            let warn = s.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            s.conn_lost += 1;
+            warn
+        };
+        if warn {
+            py.import("asyncio.log")?.getattr("logger")?.call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        Ok(false)
+    }
+
+    // ----- reading -----------------------------------------------------------
+
+    /// Watch for reading if the transport reads (after `connection_made`, on resume).
+    pub fn start_reading(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !self.state().is_reading() {
+            return Ok(());
+        }
+        self.watch(obj, false)
+    }
+
+    pub fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut s = self.state();
+            if !s.is_reading() {
+                return Ok(());
+            }
+            s.paused = true;
+        }
+        self.unwatch(py, false)?;
+        self.debug_log(py, "%r pauses reading")
+    }
+
+    pub fn resume_reading(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        {
+            let mut s = self.state();
+            if s.closing || !s.paused {
+                return Ok(());
+            }
+            s.paused = false;
+        }
+        self.start_reading(obj)?;
+        self.debug_log(obj.py(), "%r resumes reading")
+    }
+
+    // ----- flow control ----------------------------------------------------------
+
+    /// `_maybe_pause_protocol`: tell the protocol once the queue is above
+    /// the high-water mark.
+    pub fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        let protocol = {
+            let mut s = self.state();
+            if s.buffer.size() as f64 <= s.high_water || s.protocol_paused {
+                return Ok(());
+            }
+            s.protocol_paused = true;
+            s.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        self.flow_control_call(py, protocol, "pause_writing", "protocol.pause_writing() failed")
+    }
+
+    /// `_maybe_resume_protocol`: once the queue drained to the low-water mark.
+    pub fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        let protocol = {
+            let mut s = self.state();
+            if !s.protocol_paused || s.buffer.size() as f64 > s.low_water {
+                return Ok(());
+            }
+            s.protocol_paused = false;
+            s.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        self.flow_control_call(py, protocol, "resume_writing", "protocol.resume_writing() failed")
+    }
+
+    fn flow_control_call(&self, py: Python<'_>, protocol: Option<Py<PyAny>>, method: &str, message: &str) -> PyResult<()> {
+        let Some(protocol) = protocol else { return Ok(()) };
+        match protocol.bind(py).call_method0(method) {
+            Ok(_) => Ok(()),
+            Err(e) if must_propagate(py, &e) => Err(e),
+            Err(e) => self.call_transport(py, pyo3::intern!(py, "_flow_control_failed"), (message, e.into_value(py))),
+        }
+    }
+
+    /// The marks `set_write_buffer_limits` worked out (in Python, with
+    /// asyncio's own arithmetic), applied at once as asyncio does.
+    pub fn set_water_marks(&self, py: Python<'_>, high: f64, low: f64) -> PyResult<()> {
+        {
+            let mut s = self.state();
+            s.high_water = high;
+            s.low_water = low;
+        }
+        self.maybe_pause_protocol(py)
+    }
+
+    // ----- end of life -------------------------------------------------------------
+
+    /// After `connection_lost`: drop every reference but `extra`'s.
+    pub fn release(&self) {
+        let taken = {
+            let mut s = self.state();
+            (s.loop_.take(), s.transport.take(), s.sock.take(), s.protocol.take(), s.buffer.take())
+        };
+        drop(taken);
+    }
+
+    /// GC support: the references of the common state, then `extra`'s.
+    pub fn traverse(&self, visit: &PyVisit<'_>, extra: impl FnOnce(&X) -> Result<(), PyTraverseError>) -> Result<(), PyTraverseError> {
+        // Never blocks: a held lock means an update is under way, and not
+        // visiting only keeps objects alive one collection longer.
+        let Ok(s) = self.state.try_lock() else { return Ok(()) };
+        visit.call(&s.loop_)?;
+        visit.call(&s.transport)?;
+        visit.call(&s.sock)?;
+        visit.call(&s.protocol)?;
+        extra(&s.extra)
+    }
+
+    pub fn clear(&self, extra: impl FnOnce(&mut X) -> Box<dyn std::any::Any>) {
+        let taken = self.state.try_lock().ok().map(|mut s| {
+            let common = (s.loop_.take(), s.transport.take(), s.sock.take(), s.protocol.take());
+            (common, extra(&mut s.extra))
+        });
+        drop(taken);
+    }
+}
