@@ -5,7 +5,12 @@ a UDP datagram, interleaved senders, Unix datagram sockets)."""
 import asyncio
 import os
 import socket
+import sys
 import tempfile
+
+import pytest
+
+from conftest import capture_log
 
 
 class Collect(asyncio.DatagramProtocol):
@@ -75,3 +80,160 @@ def _run(factory, scenario):
         return loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+class Echo(asyncio.DatagramProtocol):
+    """Records callbacks; replies to each datagram with b'echo:' + data."""
+
+    def __init__(self, trace):
+        self.trace = trace
+        self.lost = asyncio.get_running_loop().create_future()
+        self.got = asyncio.Queue()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.trace.append(("made", isinstance(transport, asyncio.BaseTransport)))
+
+    def datagram_received(self, data, addr):
+        self.got.put_nowait((data, addr))
+        self.transport.sendto(b"echo:" + data, addr)
+
+    def error_received(self, exc):
+        self.trace.append(("error_received", type(exc).__name__))
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", type(exc).__name__ if exc else None))
+        self.lost.set_result(None)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_addresses_and_replies(same, host):
+    async def scenario(loop, trace):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: Echo(trace), local_addr=(host, 0), family=family)
+        server_addr = transport.get_extra_info("sockname")
+        with socket.socket(family, socket.SOCK_DGRAM) as peer:
+            peer.bind((host, 0))
+            peer.settimeout(5)
+            for payload in (b"one", b"two", bytes(3000)):
+                peer.sendto(payload, server_addr)
+                data, addr = await proto.got.get()
+                trace.append((data[:10], addr == peer.getsockname(), type(addr).__name__, len(addr)))
+                trace.append(await loop.run_in_executor(None, peer.recv, 5000) == b"echo:" + payload)
+        trace.append(("peername", transport.get_extra_info("peername")))
+        transport.close()
+        await proto.lost
+    same(scenario)
+
+
+def test_sendto_checks(same):
+    async def scenario(loop, trace):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: Echo(trace), remote_addr=peer.getsockname())
+            for args in [("text",), (None,), (b"x", ("127.0.0.1", 1)), (b"",), (b"ok", None),
+                         (bytearray(b"ba"),), (memoryview(b"mv"),), (b"to", peer.getsockname())]:
+                try:
+                    transport.sendto(*args)
+                    trace.append("sent")
+                except Exception as e:
+                    trace.append((type(e).__name__, str(e).replace(str(peer.getsockname()[1]), "PORT")))
+            peer.settimeout(5)
+            while True:
+                try:
+                    data = await loop.run_in_executor(None, peer.recv, 100)
+                except TimeoutError:
+                    break
+                trace.append(data)
+                if data == b"to":
+                    break
+            transport.close()
+            await proto.lost
+            with capture_log() as log:
+                for _ in range(7):
+                    transport.sendto(b"late")
+            trace.append(log.summary())
+    same(scenario)
+
+
+def test_unreachable_peer_reports_error_received(same):
+    async def scenario(loop, trace):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+            closed.bind(("127.0.0.1", 0))
+            addr = closed.getsockname()
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: Echo(trace), remote_addr=addr)
+        transport.sendto(b"anyone?")
+        await asyncio.sleep(0.05)
+        transport.sendto(b"still?")
+        await asyncio.sleep(0.05)
+        transport.close()
+        await proto.lost
+    same(scenario)
+
+
+def test_sendto_host_name_and_unconnected_errors(same):
+    async def scenario(loop, trace):
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: Echo(trace), local_addr=("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.settimeout(5)
+            transport.sendto(b"by name", ("localhost", peer.getsockname()[1]))
+            trace.append(await loop.run_in_executor(None, peer.recv, 100))
+        for addr in [("127.0.0.1", 70000), ("127.0.0.1",), None, "nonsense"]:
+            contexts = []
+            loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+            try:
+                transport.sendto(b"x", addr)
+                trace.append(("sent", [(c["message"], type(c["exception"]).__name__) for c in contexts]))
+            except Exception as e:
+                trace.append((type(e).__name__, str(e)))
+        transport.close()
+        await proto.lost
+    same(scenario)
+
+
+def test_datagram_received_error_goes_to_handler_and_keeps_reading(same):
+    class Failing(Echo):
+        def datagram_received(self, data, addr):
+            self.got.put_nowait(data)
+            if data == b"fail":
+                raise ZeroDivisionError("boom")
+
+    async def scenario(loop, trace):
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: Failing(trace), local_addr=("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for payload in (b"fail", b"after"):
+                peer.sendto(payload, transport.get_extra_info("sockname"))
+                trace.append(await proto.got.get())
+        # The callback's name is the one difference: the transport class.
+        trace.append([(c["message"].split(" ")[:3], type(c["exception"]).__name__) for c in contexts])
+        trace.append(transport.is_closing())
+        transport.close()
+        await proto.lost
+    same(scenario)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="datagram pause_reading is new in 3.11")
+def test_pause_reading_holds_datagrams(same):
+    async def scenario(loop, trace):
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: Echo(trace), local_addr=("127.0.0.1", 0))
+        await asyncio.sleep(0)
+        transport.pause_reading()
+        trace.append(transport.is_reading())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"held", transport.get_extra_info("sockname"))
+            await asyncio.sleep(0.05)
+            trace.append(proto.got.qsize())
+            transport.resume_reading()
+            trace.append((await proto.got.get())[0])
+        transport.close()
+        await proto.lost
+    same(scenario)

@@ -175,15 +175,6 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
             except OSError as err:
                 logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
 
-    def _receive_buffer(self, size):
-        # One receive buffer for all socket transports: the loop reads from
-        # one socket at a time and copies out what arrived (_stream.py,
-        # _datagram.py).
-        view = self.__dict__.get("_receive_view")
-        if view is None or len(view) < size:
-            view = self._receive_view = memoryview(bytearray(size))
-        return view[:size]
-
     # ----- running ----------------------------------------------------------
 
     def _run_forever_setup(self):

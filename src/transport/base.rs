@@ -33,6 +33,13 @@ pub trait WriteQueue: Default {
     }
 }
 
+/// The part of a transport's state only one kind of transport has.
+pub trait KindState {
+    /// What to drop once the connection is lost (references that would
+    /// keep the protocol alive); dropped by the caller with no lock held.
+    fn release(&mut self) -> Box<dyn std::any::Any>;
+}
+
 pub struct State<B, X> {
     pub loop_: Option<Py<LoopCore>>,
     /// The Python transport object passed to the protocol and error reports.
@@ -311,11 +318,15 @@ impl<B: WriteQueue, X> Core<B, X> {
 
     // ----- end of life -------------------------------------------------------------
 
-    /// After `connection_lost`: drop every reference but `extra`'s.
-    pub fn release(&self) {
+    /// After `connection_lost`: drop every reference, so that a transport
+    /// object kept around keeps no protocol or socket alive.
+    pub fn release(&self)
+    where
+        X: KindState,
+    {
         let taken = {
             let mut s = self.state();
-            (s.loop_.take(), s.transport.take(), s.sock.take(), s.protocol.take(), s.buffer.take())
+            (s.loop_.take(), s.transport.take(), s.sock.take(), s.protocol.take(), s.buffer.take(), s.extra.release())
         };
         drop(taken);
     }
@@ -340,3 +351,88 @@ impl<B: WriteQueue, X> Core<B, X> {
         drop(taken);
     }
 }
+
+/// The `#[pymethods]` table of a transport pyclass whose `core` field is a
+/// [`Core`]: the methods given, then those every transport has, delegated.
+macro_rules! transport_pymethods {
+    ($ty:ty, $($specific:tt)*) => {
+        #[::pyo3::pymethods]
+        impl $ty {
+            $($specific)*
+
+            /// Start reading once `connection_made` has run (scheduled by
+            /// the transport's constructor, as asyncio does).
+            fn _start_reading(slf: &::pyo3::Bound<'_, Self>) -> ::pyo3::PyResult<()> {
+                slf.get().core.start_reading(slf.as_any())
+            }
+
+            fn is_reading(&self) -> bool {
+                self.core.state().is_reading()
+            }
+
+            fn pause_reading(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
+                self.core.pause_reading(py)
+            }
+
+            fn resume_reading(slf: &::pyo3::Bound<'_, Self>) -> ::pyo3::PyResult<()> {
+                slf.get().core.resume_reading(slf.as_any())
+            }
+
+            fn get_write_buffer_size(&self) -> usize {
+                $crate::transport::base::WriteQueue::size(&self.core.state().buffer)
+            }
+
+            fn _set_water_marks(&self, py: ::pyo3::Python<'_>, high: f64, low: f64) -> ::pyo3::PyResult<()> {
+                self.core.set_water_marks(py, high, low)
+            }
+
+            fn is_closing(&self) -> bool {
+                self.core.state().closing
+            }
+
+            /// Stop reading; once the queue is sent, the connection is lost.
+            fn close(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
+                self.core.close(py)
+            }
+
+            /// Drop the queue and lose the connection now.
+            fn abort(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
+                self.core.force_close(py, None)
+            }
+
+            #[pyo3(signature = (exc))]
+            fn _force_close(&self, py: ::pyo3::Python<'_>, exc: Option<::pyo3::Bound<'_, ::pyo3::PyAny>>) -> ::pyo3::PyResult<()> {
+                self.core.force_close(py, exc)
+            }
+
+            fn _release(&self) {
+                self.core.release();
+            }
+
+            fn get_protocol<'py>(&self, py: ::pyo3::Python<'py>) -> Option<::pyo3::Bound<'py, ::pyo3::PyAny>> {
+                self.core.protocol(py)
+            }
+
+            #[getter(_protocol_connected)]
+            fn attr_protocol_connected(&self) -> bool {
+                self.core.state().protocol_connected
+            }
+
+            #[getter(_protocol_paused)]
+            fn attr_protocol_paused(&self) -> bool {
+                self.core.state().protocol_paused
+            }
+
+            #[getter(_conn_lost)]
+            fn attr_conn_lost(&self) -> u32 {
+                self.core.state().conn_lost
+            }
+
+            #[getter(_paused)]
+            fn attr_paused(&self) -> bool {
+                self.core.state().paused
+            }
+        }
+    };
+}
+pub(crate) use transport_pymethods;

@@ -58,6 +58,14 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     with_socket(fd, |mut s| s.read(buf))
 }
 
+pub fn send_to(fd: RawFd, data: &[u8], to: &socket2::SockAddr) -> io::Result<usize> {
+    with_socket(fd, |s| s.send_to_with_flags(data, to, libc::MSG_NOSIGNAL))
+}
+
+pub fn recv_from(fd: RawFd, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<(usize, socket2::SockAddr)> {
+    with_socket(fd, |s| s.recv_from(buf))
+}
+
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     with_socket(fd, |s| s.shutdown(std::net::Shutdown::Write))
 }

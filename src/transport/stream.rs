@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
-use super::base::{Core, WriteQueue};
+use super::base::{Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
 use super::write_buffer::WriteBuffer;
 
@@ -65,6 +65,12 @@ struct StreamState {
     eof: bool,
     /// `loop.sendfile` waits on it for the write buffer to drain.
     empty_waiter: Option<Py<PyAny>>,
+}
+
+impl KindState for StreamState {
+    fn release(&mut self) -> Box<dyn std::any::Any> {
+        Box::new(self.receiver.take())
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
@@ -214,8 +220,9 @@ fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
     }))
 }
 
-#[pymethods]
-impl StreamTransportCore {
+super::base::transport_pymethods! {
+    StreamTransportCore,
+
     #[new]
     fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
         let this = StreamTransportCore { core: Core::new(&loop_, &sock, &transport, StreamState::default())? };
@@ -261,24 +268,6 @@ impl StreamTransportCore {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => core.fatal_error(py, os_error(e), "Fatal read error on socket transport"),
         }
-    }
-
-    /// Start reading once `connection_made` has run (scheduled by the
-    /// transport's constructor, as asyncio does).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().core.start_reading(slf.as_any())
-    }
-
-    fn is_reading(&self) -> bool {
-        self.core.state().is_reading()
-    }
-
-    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        self.core.pause_reading(py)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().core.resume_reading(slf.as_any())
     }
 
     // ----- writing -----------------------------------------------------------
@@ -377,42 +366,6 @@ impl StreamTransportCore {
         true
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.core.state().buffer.len()
-    }
-
-    fn _set_water_marks(&self, py: Python<'_>, high: f64, low: f64) -> PyResult<()> {
-        self.core.set_water_marks(py, high, low)
-    }
-
-    // ----- closing -------------------------------------------------------------
-
-    fn is_closing(&self) -> bool {
-        self.core.state().closing
-    }
-
-    /// Stop reading; once the queued data is sent, the connection is lost.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.core.close(py)
-    }
-
-    /// Drop the queued data and lose the connection now.
-    fn abort(&self, py: Python<'_>) -> PyResult<()> {
-        self.core.force_close(py, None)
-    }
-
-    #[pyo3(signature = (exc))]
-    fn _force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        self.core.force_close(py, exc)
-    }
-
-    /// After `connection_lost`: drop every reference but the fd number.
-    fn _release(&self) {
-        self.core.release();
-        let receiver = self.core.state().extra.receiver.take();
-        drop(receiver);
-    }
-
     // ----- protocol ------------------------------------------------------------
 
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -436,10 +389,6 @@ impl StreamTransportCore {
         };
         drop(previous);
         Ok(())
-    }
-
-    fn get_protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.core.protocol(py)
     }
 
     // ----- sendfile ------------------------------------------------------------
@@ -475,29 +424,9 @@ impl StreamTransportCore {
         self.core.state().extra.empty_waiter.as_ref().map(|w| w.clone_ref(py))
     }
 
-    #[getter(_protocol_connected)]
-    fn attr_protocol_connected(&self) -> bool {
-        self.core.state().protocol_connected
-    }
-
-    #[getter(_protocol_paused)]
-    fn attr_protocol_paused(&self) -> bool {
-        self.core.state().protocol_paused
-    }
-
-    #[getter(_conn_lost)]
-    fn attr_conn_lost(&self) -> u32 {
-        self.core.state().conn_lost
-    }
-
     #[getter(_eof)]
     fn attr_eof(&self) -> bool {
         self.core.state().extra.eof
-    }
-
-    #[getter(_paused)]
-    fn attr_paused(&self) -> bool {
-        self.core.state().paused
     }
 
     // ----- garbage collection ----------------------------------------------------

@@ -1,0 +1,144 @@
+"""What the socket transports' Python objects share.
+
+Each transport is a Rust core (`src/transport/`) holding the state and
+running the hot paths, plus a Python object that protocols see: an
+`asyncio.Transport` that binds the core's methods as its own (so
+`transport.write(data)` calls Rust with no Python frame in between) and
+keeps the cold parts, written as asyncio's `_SelectorTransport` writes
+them: extra info, repr, the end of the connection, error reports."""
+
+import warnings
+from asyncio import transports, trsock
+from asyncio.log import logger
+
+# Methods every Rust core has (src/transport/base.rs); a subclass adds its own.
+CORE_METHODS = (
+    "close", "abort", "is_closing", "get_write_buffer_size",
+    "get_protocol", "set_protocol", "_force_close", "_read_ready", "_write_ready",
+)
+
+
+def _delegate(name):
+    def method(self, *args, **kwargs):
+        return getattr(self._core, name)(*args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = getattr(getattr(transports.Transport, name, None), "__doc__", None)
+    return method
+
+
+class RustTransport(transports._FlowControlMixin, transports.Transport):
+    """Base of the transports whose state is a Rust core (`self._core`)."""
+
+    # Those of the core's methods that the transport takes as its own.
+    _CORE_METHODS = CORE_METHODS
+
+    # Read by __del__, also when __init__ failed early.
+    _sock = None
+    _server = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Also on the class, so that Class.method(transport, ...) works.
+        for name in cls._CORE_METHODS:
+            setattr(cls, name, _delegate(name))
+
+    def __init__(self, loop, sock, extra):
+        # Not _FlowControlMixin.__init__: the flow-control state is the core's.
+        transports.BaseTransport.__init__(self, extra)
+        self._extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            self._extra['sockname'] = sock.getsockname()
+        except OSError:
+            self._extra['sockname'] = None
+        if 'peername' not in self._extra:
+            try:
+                self._extra['peername'] = sock.getpeername()
+            except OSError:
+                self._extra['peername'] = None
+        self._loop = loop
+        self._sock_fd = sock.fileno()
+
+    def _bind_core(self, core, sock):
+        self._core = core
+        for name in self._CORE_METHODS:
+            self.__dict__[name] = getattr(core, name)
+        self._set_write_buffer_limits()
+        self._sock = sock
+        self._loop._transports[self._sock_fd] = self
+
+    # The state asyncio's code and tests read off a selector transport.
+    _protocol = property(lambda self: self._core.get_protocol())
+    _protocol_paused = property(lambda self: self._core._protocol_paused)
+    _closing = property(lambda self: self._core.is_closing())
+    _conn_lost = property(lambda self: self._core._conn_lost)
+    _paused = property(lambda self: self._core._paused)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        # asyncio's arithmetic and checks (_FlowControlMixin); the core
+        # compares the buffer against the result.
+        self._set_write_buffer_limits(high=high, low=low)
+        self._core._set_water_marks(self._high_water, self._low_water)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._core.is_closing():
+            info.append('closing')
+        info.append(f'fd={self._sock_fd}')
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            reader, writer = loop._fd_handles(self._sock_fd)
+            info.append('read=polling' if reader is not None else 'read=idle')
+            state = 'polling' if writer is not None else 'idle'
+            info.append(f'write=<{state}, bufsize={self._core.get_write_buffer_size()}>')
+        return '<{}>'.format(' '.join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            self._detach_server()
+
+    def _detach_server(self):
+        pass
+
+    def _fatal_error(self, exc, message='Fatal error on transport'):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._core._force_close(exc)
+
+    def _flow_control_failed(self, message, exc):
+        self._loop.call_exception_handler({
+            'message': message,
+            'exception': exc,
+            'transport': self,
+            'protocol': self._protocol,
+        })
+
+    def _debug_log(self, message):
+        logger.debug(message, self)
+
+    def _call_connection_lost(self, exc):
+        core = self._core
+        try:
+            if core._protocol_connected:
+                core.get_protocol().connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._loop = None
+            self._connection_lost_done(core)
+            core._release()
+            self._detach_server()
+
+    def _connection_lost_done(self, core):
+        """What a subclass releases once the connection is lost."""
