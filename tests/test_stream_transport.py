@@ -424,3 +424,53 @@ def test_writelines_pauses_the_protocol(impl):
         assert loop.run_until_complete(main()) == (True, 2_000_000)
     finally:
         loop.close()
+
+
+def test_accept_backs_off_when_out_of_fds(impl):
+    """EMFILE on accept: the server logs, pauses accepting for a moment and
+    serves again once fds are free — no spinning, no crash."""
+    from conftest import run_python
+    r = run_python("""
+        import asyncio, resource, socket, time
+        IMPL_IMPORT
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            served = []
+            server = await loop.create_server(lambda: Echo(served), "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            hog = []
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+            try:
+                while True:
+                    hog.append(socket.socket())
+            except OSError:
+                pass
+            hog.pop().close()  # one fd for the client, none for accept()
+            client = socket.create_connection(("127.0.0.1", port))
+            t0 = time.process_time()
+            await asyncio.sleep(0.3)
+            busy = time.process_time() - t0
+            for s in hog:
+                s.close()
+            await asyncio.sleep(1.5)  # asyncio retries accept after 1 s
+            client.sendall(b"hi")
+            client.settimeout(5)
+            reply = await loop.run_in_executor(None, client.recv, 10)
+            client.close()
+            server.close()
+            print(busy < 0.2, reply, len(served))
+
+        class Echo(asyncio.Protocol):
+            def __init__(self, served):
+                served.append(self)
+            def connection_made(self, t):
+                self.t = t
+            def data_received(self, d):
+                self.t.write(d)
+
+        impl.run(main())
+    """)
+    assert r.stdout.split() == ["True", "b'hi'", "1"], r.stderr
+    assert "Too many open files" in r.stderr
