@@ -21,28 +21,13 @@ use crate::event_loop::{self, LoopCore};
 use crate::handles::Handle;
 use crate::pyhelpers;
 use crate::transport::socket_io::{self, os_error, would_block};
+use crate::transport::stream::Chunk;
 
 /// One socket operation, with what it has done so far.
 enum Op {
     Recv { nbytes: usize },
     RecvInto { buf: Py<PyAny> },
-    SendAll { data: Payload, sent: usize },
-}
-
-/// What `sock_sendall` still has to send: a `bytes` is held, other buffers
-/// are copied once the first send left something over.
-enum Payload {
-    Shared(PyBackedBytes),
-    Owned(Vec<u8>),
-}
-
-impl AsRef<[u8]> for Payload {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            Payload::Shared(b) => b,
-            Payload::Owned(v) => v,
-        }
-    }
+    SendAll { data: Chunk, sent: usize },
 }
 
 /// The outcome of one attempt.
@@ -250,9 +235,9 @@ pub fn sock_recv_into(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, buf: &B
 #[pyfunction]
 pub fn sock_sendall(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let payload = match data.cast::<PyBytes>() {
-        Ok(b) => Payload::Shared(PyBackedBytes::from(b.clone())),
+        Ok(b) => Chunk::Shared(PyBackedBytes::from(b.clone())),
         Err(_) => match PyBuffer::<u8>::get(data) {
-            Ok(view) if view.is_c_contiguous() && fast_path(lp, sock)? => Payload::Owned(view.to_vec(data.py())?),
+            Ok(view) if view.is_c_contiguous() && fast_path(lp, sock)? => Chunk::Owned(view.to_vec(data.py())?),
             _ => return standard(lp, "sock_sendall", (sock, data)),
         },
     };

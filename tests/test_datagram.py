@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import capture_log
+from conftest import capture_log, outcome
 
 
 class Collect(asyncio.DatagramProtocol):
@@ -135,11 +135,8 @@ def test_sendto_checks(same):
                 lambda: Echo(trace), remote_addr=peer.getsockname())
             for args in [("text",), (None,), (b"x", ("127.0.0.1", 1)), (b"",), (b"ok", None),
                          (bytearray(b"ba"),), (memoryview(b"mv"),), (b"to", peer.getsockname())]:
-                try:
-                    transport.sendto(*args)
-                    trace.append("sent")
-                except Exception as e:
-                    trace.append((type(e).__name__, str(e).replace(str(peer.getsockname()[1]), "PORT")))
+                result, detail = outcome(transport.sendto, *args)
+                trace.append((result, str(detail).replace(str(peer.getsockname()[1]), "PORT")))
             peer.settimeout(5)
             while True:
                 try:
@@ -186,11 +183,8 @@ def test_sendto_host_name_and_unconnected_errors(same):
         for addr in [("127.0.0.1", 70000), ("127.0.0.1",), None, "nonsense"]:
             contexts = []
             loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
-            try:
-                transport.sendto(b"x", addr)
-                trace.append(("sent", [(c["message"], type(c["exception"]).__name__) for c in contexts]))
-            except Exception as e:
-                trace.append((type(e).__name__, str(e)))
+            trace.append(outcome(transport.sendto, b"x", addr))
+            trace.append([(c["message"], type(c["exception"]).__name__) for c in contexts])
         transport.close()
         await proto.lost
     same(scenario)

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from conftest import capture_log
+from conftest import capture_log, outcome
 
 FAMILIES = ["tcp", "unix"]
 
@@ -31,7 +31,13 @@ async def _connect(loop, family, proto_factory):
     return transport, proto, peer
 
 
-async def _read_all(loop, sock, until_eof=True, nbytes=None):
+async def _finish(transport, proto, peer):
+    transport.close()
+    await proto.lost
+    peer.close()
+
+
+async def _read_all(loop, sock, nbytes=None):
     chunks = []
     total = 0
     while nbytes is None or total < nbytes:
@@ -148,9 +154,7 @@ def test_flow_control_marks(same, family):
         received = await _read_all(loop, peer, nbytes=written)
         trace.append(("all received", len(received) == written))
         trace.append(("drained", transport.get_write_buffer_size()))
-        transport.close()
-        await proto.lost
-        peer.close()
+        await _finish(transport, proto, peer)
     same(scenario)
 
 
@@ -159,14 +163,9 @@ def test_write_buffer_limits_arguments(same):
         transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
         for args in [dict(high=100), dict(low=100), dict(high=100, low=10),
                      dict(high=0), dict(high=10, low=20), dict(low=-1), dict(high="x")]:
-            try:
-                transport.set_write_buffer_limits(**args)
-                trace.append(("ok", transport.get_write_buffer_limits()))
-            except Exception as e:
-                trace.append((type(e).__name__, str(e)))
-        transport.close()
-        await proto.lost
-        peer.close()
+            trace.append(outcome(transport.set_write_buffer_limits, **args))
+            trace.append(transport.get_write_buffer_limits())
+        await _finish(transport, proto, peer)
     same(scenario)
 
 
@@ -174,22 +173,14 @@ def test_write_misuse(same):
     async def scenario(loop, trace):
         transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
         for data in ["text", 12, None, [b"a"]]:
-            try:
-                transport.write(data)
-            except Exception as e:
-                trace.append((type(e).__name__, str(e)))
+            trace.append(outcome(transport.write, data))
         transport.write(b"")
         trace.append(("can_write_eof", transport.can_write_eof()))
         transport.write_eof()
         trace.append(("eof data", await _read_all(loop, peer)))
-        for call in (lambda: transport.write(b"late"), lambda: transport.writelines([b"late"])):
-            try:
-                call()
-            except Exception as e:
-                trace.append((type(e).__name__, str(e)))
-        transport.close()
-        await proto.lost
-        peer.close()
+        trace.append(outcome(transport.write, b"late"))
+        trace.append(outcome(transport.writelines, [b"late"]))
+        await _finish(transport, proto, peer)
     same(scenario)
 
 
@@ -415,9 +406,7 @@ def test_writelines_pauses_the_protocol(impl):
         transport.writelines([b"a" * 1_000_000, b"b" * 1_000_000])
         paused = "pause_writing" in trace
         received = await _read_all(loop, peer, nbytes=2_000_000)
-        transport.close()
-        await proto.lost
-        peer.close()
+        await _finish(transport, proto, peer)
         return paused, len(received)
 
     try:
