@@ -4,8 +4,8 @@ Same harness as micro.py (bench/run.py runs each (loop, benchmark, repeat)
 in a fresh process through ``child_run``), but one operation is a whole child
 process: ``await asyncio.create_subprocess_exec('/bin/true')`` then
 ``await proc.wait()``.  Fork/exec and the child's own run time are the same
-for every loop; what differs is how the loop starts the child (the
-subprocess transport and its pipes' setup) and how it learns that the child
+for every loop; what differs is how the loop starts the child (its
+subprocess transport; no pipes here) and how it learns that the child
 exited (a pidfd, a SIGCHLD handler, or a thread per child).
 
     python bench/procs.py spawn_c8 ferroloop [n]
