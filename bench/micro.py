@@ -297,13 +297,14 @@ BENCHMARKS = {
 }
 
 
-def child_run(loop_name, bench_name, n):
-    """Run one benchmark on one fresh loop in this process; return a dict.
+def child_run(loop_name, bench_name, n, benchmarks=None):
+    """Run one benchmark (of ``benchmarks``, default this module's) on one
+    fresh loop in this process; return a dict.
 
     A short warm-up on the same loop comes first (it fills caches and
     free-lists, lets lazy imports happen), then the measured run.
     """
-    bench = BENCHMARKS[bench_name]
+    bench = (benchmarks or BENCHMARKS)[bench_name]
     loop = loops.new_loop(loop_name)
     asyncio.set_event_loop(loop)
     try:

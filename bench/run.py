@@ -11,8 +11,10 @@ imports.  Repeats are interleaved across loops (A B C A B C ...) so slow
 drifts of the machine hit every loop alike; the median of the repeats is
 reported.  See bench/README.md.
 
-Suites: every module named in SUITES lives in bench/ and provides
-``BENCHMARKS`` (name -> object with .n, .quick_n, .unit, .what) and
+Suites: micro.py (the loop's own overhead) and procs.py (subprocess
+spawn-and-wait rate), each with its own geometric means.  Every module named
+in SUITES lives in bench/ and provides ``BENCHMARKS`` (name -> object with
+.n, .quick_n, .unit, .what) and
 ``child_run(loop_name, bench_name, n) -> {"ops", "seconds", "ops_per_sec"}``,
 which runs inside the child process and may itself start more processes
 (e.g. a server pinned with taskset and a load generator).
@@ -36,7 +38,7 @@ import loops  # noqa: E402
 from stats import fmt_rate, geomean  # noqa: E402
 
 # Modules in bench/ that hold benchmarks, in report order.
-SUITES = ("micro",)
+SUITES = ("micro", "procs")
 
 # The ratios reported per benchmark and as geometric means: (numerator, denominator).
 RATIOS = (("ferroloop", "uvloop"), ("ferroloop", "asyncio"), ("uvloop", "asyncio"))
@@ -287,20 +289,28 @@ def main(argv):
               file=sys.stderr)
 
     # ---- report --------------------------------------------------------
+    # One block of rows per suite, each with its own geometric means: a suite's
+    # ratios (e.g. procs' spawn rates) say nothing about another suite's.
     ratio_keys = [f"{a}/{c}" for a, c in RATIOS if a in active and c in active]
-    gm = {k: geomean([r["ratios"].get(k) for r in results.values()]) for k in ratio_keys}
+    ran = [s for s in SUITES if any(r["suite"] == s for r in results.values())]
+    gm = {s: {k: geomean([r["ratios"].get(k) for r in results.values() if r["suite"] == s])
+              for k in ratio_keys} for s in ran}
 
     head = ["benchmark", "unit"] + [f"{lp} /s" for lp in active] + [
         "/".join(SHORT[p] for p in k.split("/")) for k in ratio_keys]
-    rows = []
-    for name, r in results.items():
-        row = [name, r["unit"]] + [fmt_cell(r["loops"][lp]) for lp in active]
-        row += [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "-" for k in ratio_keys]
-        rows.append(row)
-    if ratio_keys:
-        rows.append(["geomean", ""] + [""] * len(active) +
-                    [f"{gm[k]:.2f}" if gm[k] else "-" for k in ratio_keys])
-    widths = [max(len(str(x[j])) for x in [head] + rows) for j in range(len(head))]
+    blocks = []  # (rows, geomean row or None) per suite
+    for s in ran:
+        rows = []
+        for name, r in results.items():
+            if r["suite"] == s:
+                row = [name, r["unit"]] + [fmt_cell(r["loops"][lp]) for lp in active]
+                row += [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "-" for k in ratio_keys]
+                rows.append(row)
+        foot = ([f"geomean {s}" if len(ran) > 1 else "geomean", ""] + [""] * len(active) +
+                [f"{gm[s][k]:.2f}" if gm[s][k] else "-" for k in ratio_keys]) if ratio_keys else None
+        blocks.append((rows, foot))
+    every = [head] + [x for rows, foot in blocks for x in rows + [foot] if x]
+    widths = [max(len(str(x[j])) for x in every) for j in range(len(head))]
 
     def line(cols):
         return "  ".join(str(c).ljust(w) if j < 2 else str(c).rjust(w)
@@ -311,17 +321,22 @@ def main(argv):
           + ("  [--quick: not meaningful]" if args.quick else ""))
     print(line(head))
     print("  ".join("-" * w for w in widths))
-    for row in rows[:-1] if ratio_keys else rows:
-        print(line(row))
-    if ratio_keys:
-        print("  ".join("-" * w for w in widths))
-        print(line(rows[-1]))
-    if "ferroloop/uvloop" in gm:
-        g = gm["ferroloop/uvloop"]
-        print(f"\ngeometric mean ferroloop/uvloop: {g:.3f}" if g else
-              "\ngeometric mean ferroloop/uvloop: n/a")
-    else:
-        print("\ngeometric mean ferroloop/uvloop: n/a (needs both loops)")
+    for i, (rows, foot) in enumerate(blocks):
+        if i:
+            print()
+        for row in rows:
+            print(line(row))
+        if foot:
+            print("  ".join("-" * w for w in widths))
+            print(line(foot))
+    print()
+    for s in ran:
+        label = f" ({s})" if len(ran) > 1 else ""
+        g = gm[s].get("ferroloop/uvloop")
+        if "ferroloop/uvloop" not in gm[s]:
+            print(f"geometric mean ferroloop/uvloop{label}: n/a (needs both loops)")
+        else:
+            print(f"geometric mean ferroloop/uvloop{label}: " + (f"{g:.3f}" if g else "n/a"))
     if skipped:
         print("skipped: " + ", ".join(f"{k} ({v})" for k, v in skipped.items()))
     if failures:

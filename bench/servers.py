@@ -10,7 +10,8 @@ Each server under test runs in its own process, pinned to one CPU (taskset,
 --server-cpu, default 1).  The load comes from a separate process pinned to
 the other CPU (--client-cpu, default 0) and is the same for every server:
 bench/floor's Rust echo client (floor-client) for the echo cases, wrk for
-HTTP.  Per case and server the suite reports throughput (messages/s), p50/p99
+HTTP, bench/tls_client.py (blocking `ssl`, a thread per connection) for the
+TLS echo cases (the floor has no TLS server).  Per case and server the suite reports throughput (messages/s), p50/p99
 round-trip latency and the server's CPU time per message (user+sys of the
 server process over the measured window / messages), that CPU figure relative
 to uvloop, and as a multiple of the floor: bench/floor's floor-server, a
@@ -32,9 +33,11 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -60,10 +63,15 @@ KINDS = {
     "proto": "loop.create_server with an asyncio.Protocol echo (data_received -> write)",
     "udp": "create_datagram_endpoint echo (datagram_received -> sendto)",
     "http": "HTTP/1.1 keep-alive server, httptools parser, fixed 13-byte body",
+    "tls": "loop.create_server(ssl=...) Protocol echo, long-lived TLS connections",
+    "tls-hs": "the same TLS echo server, one connection (handshake) per 1 KiB echo",
 }
 ECHO_SIZES_KIB = (1, 10, 100)
 UDP_SIZES_KIB = (1, 10)  # a UDP datagram can't hold 100 KiB
 CONNS = (1, 10)
+TLS_SIZES_KIB = (1, 16)  # 16 KiB: one full TLS record
+TLS_CONNS = (1, 4)  # the TLS client is Python: a thread per connection
+TLS_KINDS = ("tls", "tls-hs")
 
 
 # ==========================================================================
@@ -175,6 +183,10 @@ async def _start(loop, kind, transport, addr):
                          else loop.create_unix_server(EchoProtocol, addr))
         elif kind == "http":
             srv = await loop.create_server(HttpProtocol, "127.0.0.1", 0)
+        elif kind in TLS_KINDS:  # ADDR is the key+certificate PEM file
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(addr)
+            srv = await loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=ctx)
         else:
             raise ValueError(f"unknown kind {kind!r}")
         name = srv.sockets[0].getsockname()
@@ -202,8 +214,10 @@ class Case:
         self.kind, self.transport, self.size_kib, self.conns = kind, transport, size_kib, conns
         if kind == "http":
             self.name = f"http-c{conns}"
-        elif kind == "udp":
-            self.name = f"udp-{size_kib}k-c{conns}"
+        elif kind == "tls-hs":
+            self.name = f"tls-hs-c{conns}"
+        elif kind in ("udp", "tls"):
+            self.name = f"{kind}-{size_kib}k-c{conns}"
         else:
             self.name = f"{transport}-{kind}-{size_kib}k-c{conns}"
 
@@ -214,6 +228,9 @@ class Case:
 
     @property
     def floor_mode(self):
+        """bench/floor's floor-server mode, or None: the floor has no TLS."""
+        if self.kind in TLS_KINDS:
+            return None
         if self.kind == "http":
             return "http"
         if self.kind == "udp":
@@ -233,17 +250,22 @@ def all_cases():
             cases.append(Case("udp", "udp", size, c))
     for c in CONNS:
         cases.append(Case("http", "tcp", None, c))
+    for size in TLS_SIZES_KIB:
+        for c in TLS_CONNS:
+            cases.append(Case("tls", "tcp", size, c))
+    for c in TLS_CONNS:
+        cases.append(Case("tls-hs", "tcp", 1, c))
     return cases
 
 
 def quick_cases(cases):
-    """One case per server group: every kind of server starts, serves and stops."""
-    seen, out = set(), []
+    """One case per server group, the one of 1 KiB (or HTTP) with the most connections:
+    every kind of server starts, serves and stops."""
+    out = {}
     for c in cases:
-        if c.group not in seen and (c.kind == "http" or c.size_kib == 1) and c.conns == 10:
-            seen.add(c.group)
-            out.append(c)
-    return out
+        if c.size_kib in (None, 1) and (c.group not in out or c.conns > out[c.group].conns):
+            out[c.group] = c
+    return list(out.values())
 
 
 def select(cases, only):
@@ -325,8 +347,9 @@ class Server:
             addr = self.sock_path or "127.0.0.1:0"
             cmd = [os.path.join(FLOOR_BIN, "floor-server"), case.floor_mode, addr]
         else:
+            arg = args.tls_cert if case.kind in TLS_KINDS else self.sock_path or "-"
             cmd = [args.python, os.path.abspath(__file__), "--serve", case.kind, case.transport,
-                   name, self.sock_path or "-"]
+                   name, arg]
         cmd = ["taskset", "-c", str(args.server_cpu)] + cmd
         self.errfile = tempfile.TemporaryFile(dir=tmpdir)
         self.proc = _spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -394,12 +417,18 @@ def _pin(cpu):
 
 
 def run_echo_client(server, case, args):
-    mode = "udp" if case.kind == "udp" else case.transport
-    cmd = _pin(args.client_cpu) + [
-        os.path.join(FLOOR_BIN, "floor-client"), "--mode", mode, "--addr", server.addr,
-        "--size", str(case.size_kib * 1024), "--conns", str(case.conns),
+    """Loads `server` with floor-client, or for TLS with bench/tls_client.py (same options,
+    same JSON output); returns one sample."""
+    if case.kind in TLS_KINDS:
+        client = [sys.executable, os.path.join(HERE, "tls_client.py"),
+                  "--mode", "handshake" if case.kind == "tls-hs" else "echo"]
+    else:
+        client = [os.path.join(FLOOR_BIN, "floor-client"), "--drain-timeout", "5",
+                  "--mode", "udp" if case.kind == "udp" else case.transport]
+    cmd = _pin(args.client_cpu) + client + [
+        "--addr", server.addr, "--size", str(case.size_kib * 1024), "--conns", str(case.conns),
         "--warmup", str(args.warmup), "--duration", str(args.duration),
-        "--pid", str(server.pid), "--drain-timeout", "5"]
+        "--pid", str(server.pid)]
     limit = args.warmup + args.duration + 5 + 15
     p = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -509,6 +538,32 @@ def ensure_floor():
             raise SetupError(f"bench/floor built, but {b} is missing")
 
 
+def make_cert(tmpdir):
+    """Writes a key+certificate PEM file for the TLS servers into tmpdir; returns
+    (path, description).  A fresh self-signed EC P-256 certificate from the openssl CLI,
+    or else a copy of CPython's own test certificate (RSA 3072)."""
+    path = os.path.join(tmpdir, "keycert.pem")
+    openssl = shutil.which("openssl")
+    if openssl:
+        r = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                            "-subj", "/CN=localhost", "-keyout", path + ".key", "-out", path],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            with open(path + ".key") as key, open(path, "a") as out:
+                out.write(key.read())
+            return path, "self-signed EC P-256, made by openssl"
+        print(f"warning: openssl req failed, using CPython's test certificate: "
+              f"{r.stderr.strip()[-300:]}", file=sys.stderr)
+    test_dir = os.path.join(sysconfig.get_paths()["stdlib"], "test")
+    for rel in ("certdata/keycert.pem", "keycert.pem"):  # 3.12+, 3.10/3.11
+        if os.path.exists(os.path.join(test_dir, rel)):
+            shutil.copyfile(os.path.join(test_dir, rel), path)
+            return path, f"CPython's test/{rel} (RSA 3072)"
+    raise SetupError("the TLS cases need a certificate: install the openssl CLI, or an "
+                     f"interpreter with its test package ({test_dir}/keycert.pem is missing)")
+
+
 def ensure_httptools(python):
     ok = subprocess.run([python, "-c", "import httptools"], capture_output=True).returncode == 0
     if ok:
@@ -552,28 +607,28 @@ def summarize(samples):
 
 
 def print_report(results, servers, args):
-    head = ["case", "server", "msg/s", "p50 µs", "p99 µs", "srv CPU", "CPU µs/msg",
-            "×uvloop", "×floor"]
+    refs = ("uvloop", "asyncio", FLOOR)  # the ×uvloop, ×asyncio and ×floor columns
+    head = ["case", "server", "msg/s", "p50 µs", "p99 µs", "srv CPU", "CPU µs/msg"] + [
+        f"×{x}" for x in refs]
     rows, seps = [], []
     for cname, entry in results.items():
         st = entry["servers"]
-        uv = (st.get("uvloop") or {}).get("cpu_us")
-        fl = (st.get(FLOOR) or {}).get("cpu_us")
-        for i, s in enumerate(servers):
-            r = st.get(s)
+        ref = [(st.get(x) or {}).get("cpu_us") for x in refs]
+        first = len(rows)
+        for s in [s for s in servers if s in st]:  # no floor row for TLS
+            r = st[s]
+            name = cname if len(rows) == first else ""
             if r is None:
-                rows.append([cname if i == 0 else "", s, "FAILED" if entry["errors"].get(s) else "-"]
-                            + ["-"] * 6)
+                rows.append([name, s, "FAILED" if entry["errors"].get(s) else "-"]
+                            + ["-"] * (4 + len(refs)))
                 continue
             rows.append([
-                cname if i == 0 else "", s,
+                name, s,
                 f"{fmt_rate(r['rate'])} ±{r['rate_spread_pct']:.0f}%",
                 fmt_num(r["p50_us"]), fmt_num(r["p99_us"]),
                 f"{100 * r['server_cpu_util']:.0f}%",
                 f"{r['cpu_us']:.2f} ±{r['cpu_spread_pct']:.0f}%",
-                f"{r['cpu_us'] / uv:.2f}" if uv else "-",
-                f"{r['cpu_us'] / fl:.2f}" if fl else "-",
-            ])
+            ] + [f"{r['cpu_us'] / x:.2f}" if x else "-" for x in ref])
         seps.append(len(rows))
     widths = [max(len(str(x[j])) for x in [head] + rows) for j in range(len(head))]
 
@@ -585,10 +640,10 @@ def print_report(results, servers, args):
     print(f"server benchmarks: median of {args.repeats} interleaved runs "
           f"(±: half the min-max spread); server on CPU {args.server_cpu}, load on CPU "
           f"{args.client_cpu}" + ("  [--quick: not meaningful]" if args.quick else ""))
-    print("msg/s: messages (echo round trips, HTTP requests) per second.  srv CPU: server "
-          "CPU use during the window.")
-    print("CPU µs/msg: server user+sys CPU per message.  ×uvloop, ×floor: CPU µs/msg "
-          "relative to uvloop's, and to the Rust floor server's.")
+    print("msg/s: messages (echo round trips, HTTP requests; for tls-hs-*: whole TLS "
+          "connections) per second.  srv CPU: server CPU use during the window.")
+    print("CPU µs/msg: server user+sys CPU per message.  ×uvloop, ×asyncio, ×floor: CPU "
+          "µs/msg relative to uvloop's, asyncio's and the Rust floor server's (lower is better).")
     print(line(head))
     print("  ".join("-" * w for w in widths))
     for k, row in enumerate(rows):
@@ -601,16 +656,12 @@ def print_report(results, servers, args):
     for s in servers:
         if s == FLOOR:
             continue
-        g_uv = geomean([e["servers"][s]["cpu_us"] / e["servers"]["uvloop"]["cpu_us"]
-                        for e in results.values()
-                        if e["servers"].get(s) and e["servers"].get("uvloop")])
-        g_fl = geomean([e["servers"][s]["cpu_us"] / e["servers"][FLOOR]["cpu_us"]
-                        for e in results.values()
-                        if e["servers"].get(s) and e["servers"].get(FLOOR)])
-        summary[s] = {"cpu_vs_uvloop": g_uv, "cpu_vs_floor": g_fl}
-        print(f"geomean CPU/msg of {s:9}: "
-              f"{'%.2f' % g_uv if g_uv else '-':>5} × uvloop, "
-              f"{'%.2f' % g_fl if g_fl else '-':>5} × floor")
+        g = {x: geomean([e["servers"][s]["cpu_us"] / e["servers"][x]["cpu_us"]
+                         for e in results.values()
+                         if e["servers"].get(s) and e["servers"].get(x)]) for x in refs}
+        summary[s] = {f"cpu_vs_{x}": g[x] for x in refs}
+        print(f"geomean CPU/msg of {s:9}: " + ", ".join(
+            f"{'%.2f' % g[x] if g[x] else '-':>5} × {x}" for x in refs if x != s))
     return summary
 
 
@@ -740,15 +791,21 @@ def main(argv):
     _sweep_stale_tmpdirs()
     tmpdir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
     old_term = signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    args.tls_cert = cert_info = None
     try:
+        if any(c.kind in TLS_KINDS for c in cases):
+            args.tls_cert, cert_info = make_cert(tmpdir)
+            print(f"  TLS certificate: {cert_info}", file=sys.stderr)
         groups = {}
         for c in cases:
             groups.setdefault(c.group, []).append(c)
         done = 0
         for group, gcases in groups.items():
             running = {}
+            # the floor has no TLS server
+            gservers = [s for s in servers if s != FLOOR or gcases[0].floor_mode]
             try:
-                for s in servers:
+                for s in gservers:
                     try:
                         running[s] = Server(s, gcases[0], args, tmpdir)
                     except Exception as e:  # noqa: BLE001
@@ -766,10 +823,10 @@ def main(argv):
                 for case in gcases:
                     done += 1
                     t0 = time.perf_counter()
-                    samples = {s: [] for s in servers}
-                    errors = {s: [] for s in servers}
+                    samples = {s: [] for s in gservers}
+                    errors = {s: [] for s in gservers}
                     for _rep in range(args.repeats):
-                        for s in servers:  # interleaved: A B C floor A B C floor ...
+                        for s in gservers:  # interleaved: A B C floor A B C floor ...
                             srv = running.get(s)
                             if srv is None or errors[s]:
                                 continue
@@ -791,12 +848,12 @@ def main(argv):
                     entry = {"kind": case.kind, "transport": case.transport,
                              "size_kib": case.size_kib, "conns": case.conns,
                              "servers": {}, "errors": errors, "samples": samples}
-                    for s in servers:
+                    for s in gservers:
                         entry["servers"][s] = summarize(samples[s])
                     results[case.name] = entry
                     cells = "  ".join(
                         f"{s} {entry['servers'][s]['cpu_us']:.2f}" if entry["servers"][s]
-                        else f"{s} FAILED" for s in servers)
+                        else f"{s} FAILED" for s in gservers)
                     print(f"[{done}/{len(cases)}] {case.name}: CPU µs/msg {cells}  "
                           f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
             finally:
@@ -806,6 +863,9 @@ def main(argv):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         _reap_all()
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -834,6 +894,7 @@ def main(argv):
                 "client_cpu": args.client_cpu,
                 "servers": servers,
                 "loops": descriptions,
+                "tls_certificate": cert_info,
                 "skipped": skipped,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                 "duration_s": round(time.time() - started, 1),
