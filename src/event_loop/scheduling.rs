@@ -15,19 +15,25 @@ use pyo3::{Borrowed, PyClassInitializer};
 
 use super::{lock, reject_none, LoopCore, Ready};
 use crate::clock;
-use crate::handles::{untrack, Handle, TimerHandle};
+use crate::handles::{untrack, Callback, Handle, TimerHandle};
 use crate::pyhelpers;
 
 fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool) -> PyResult<Handle> {
+    let (context, source_traceback) = handle_env(slf, context)?;
+    Ok(Handle::new(callback.unbind(), args.unbind(), context, slf.get().shared.clone(), one_shot, source_traceback))
+}
+
+/// The context (the one given, else a copy of the current one) and, in
+/// debug mode, the source traceback of a handle made now.
+fn handle_env(slf: &Bound<'_, LoopCore>, context: Option<Bound<'_, PyAny>>) -> PyResult<(Py<PyAny>, Option<Py<PyAny>>)> {
     let py = slf.py();
-    let shared = &slf.get().shared;
-    shared.bind_loop(slf.as_any())?;
+    slf.get().shared.bind_loop(slf.as_any())?;
     let context = match context {
         Some(c) if !c.is_none() => c.unbind(),
         _ => pyhelpers::copy_context(py)?,
     };
     let source_traceback = if slf.get().debug() { Some(pyhelpers::extract_stack(py)?) } else { None };
-    Ok(Handle::new(callback.unbind(), args.unbind(), context, shared.clone(), one_shot, source_traceback))
+    Ok((context, source_traceback))
 }
 
 /// A handle for an fd callback, which runs every time the fd is ready.
@@ -47,8 +53,9 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
         let method = if threadsafe { "call_soon_threadsafe" } else { "call_soon" };
         LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
     }
-    let handle = Py::new(py, make_handle(slf, callback, args, context, true)?)?;
-    untrack(&handle);
+    let (context, source_traceback) = handle_env(slf, context)?;
+    let callback = Callback { func: callback.unbind(), args: args.unbind() };
+    let handle = Handle::new_one_shot(py, callback, context, &core.shared, source_traceback)?;
     let wake = {
         let mut s = lock(&core.sched);
         s.ready.push_back(Ready::Native(handle.clone_ref(py)));
