@@ -70,6 +70,37 @@ pub fn new_task<'py>(loop_obj: &Bound<'py, PyAny>, coro: &Bound<'py, PyAny>, nam
     }
 }
 
+/// A tuple of the borrowed objects `items` (the empty-tuple singleton for none).
+pub fn tuple_from_slice<'py>(py: Python<'py>, items: &[*mut ffi::PyObject]) -> PyResult<Bound<'py, PyTuple>> {
+    if items.is_empty() {
+        return Ok(PyTuple::empty(py));
+    }
+    // SAFETY: attached; PyTuple_New returns a new tuple or NULL with an
+    // exception set; each slot is filled once with a new reference to a
+    // live object the caller lends us.
+    unsafe {
+        let tuple = Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(items.len() as ffi::Py_ssize_t))?;
+        for (i, &item) in items.iter().enumerate() {
+            ffi::Py_INCREF(item);
+            ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
+        }
+        Ok(tuple.cast_into_unchecked())
+    }
+}
+
+/// The PanicException a caught Rust panic raises, worded as PyO3 words it.
+#[cold]
+pub fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let message = match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&str>() {
+            Ok(s) => s.to_string(),
+            Err(_) => "panic from Rust code".to_owned(),
+        },
+    };
+    pyo3::panic::PanicException::new_err((message,))
+}
+
 /// `contextvars.copy_context()`
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.

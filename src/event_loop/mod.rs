@@ -287,14 +287,17 @@ impl LoopCore {
 
     // ----- scheduling (scheduling.rs) --------------------------------------
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        scheduling::call_soon(slf, callback, args, context, false)
+    /// `call_soon(callback, *args, context=None)`: a raw METH_FASTCALL
+    /// method, parsed by hand (the hottest call of a running loop).
+    #[classattr]
+    fn call_soon(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        scheduling::fast_method(py, false)
     }
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        scheduling::call_soon(slf, callback, args, context, true)
+    /// `call_soon_threadsafe(callback, *args, context=None)`, likewise.
+    #[classattr]
+    fn call_soon_threadsafe(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        scheduling::fast_method(py, true)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]

@@ -2,25 +2,38 @@
 //! handle and queue it. asyncio's checks are kept in asyncio's order (the
 //! closed check first, then debug-mode thread/callback checks).
 
+use std::ffi::CStr;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyTuple};
-use pyo3::PyClassInitializer;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyFloat, PyString, PyTuple};
+use pyo3::{Borrowed, PyClassInitializer};
 
 use super::{lock, reject_none, LoopCore, Ready};
 use crate::clock;
-use crate::handles::{untrack, Handle, TimerHandle};
+use crate::handles::{untrack, Callback, Handle, TimerHandle};
 use crate::pyhelpers;
 
 fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool) -> PyResult<Handle> {
+    let (context, source_traceback) = handle_env(slf, context)?;
+    Ok(Handle::new(callback.unbind(), args.unbind(), context, slf.get().shared.clone(), one_shot, source_traceback))
+}
+
+/// The context (the one given, else a copy of the current one) and, in
+/// debug mode, the source traceback of a handle made now.
+fn handle_env(slf: &Bound<'_, LoopCore>, context: Option<Bound<'_, PyAny>>) -> PyResult<(Py<PyAny>, Option<Py<PyAny>>)> {
     let py = slf.py();
-    let shared = &slf.get().shared;
-    shared.bind_loop(slf.as_any())?;
+    slf.get().shared.bind_loop(slf.as_any())?;
     let context = match context {
         Some(c) if !c.is_none() => c.unbind(),
         _ => pyhelpers::copy_context(py)?,
     };
     let source_traceback = if slf.get().debug() { Some(pyhelpers::extract_stack(py)?) } else { None };
-    Ok(Handle::new(callback.unbind(), args.unbind(), context, shared.clone(), one_shot, source_traceback))
+    Ok((context, source_traceback))
 }
 
 /// A handle for an fd callback, which runs every time the fd is ready.
@@ -40,8 +53,9 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
         let method = if threadsafe { "call_soon_threadsafe" } else { "call_soon" };
         LoopCore::debug_checks(slf, &callback, method, !threadsafe)?;
     }
-    let handle = Py::new(py, make_handle(slf, callback, args, context, true)?)?;
-    untrack(&handle);
+    let (context, source_traceback) = handle_env(slf, context)?;
+    let callback = Callback { func: callback.unbind(), args: args.unbind() };
+    let handle = Handle::new_one_shot(py, callback, context, &core.shared, source_traceback)?;
     let wake = {
         let mut s = lock(&core.sched);
         s.ready.push_back(Ready::Native(handle.clone_ref(py)));
@@ -51,6 +65,174 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
         core.wake();
     }
     Ok(handle)
+}
+
+// ----- call_soon and call_soon_threadsafe as raw fastcall methods ---------
+//
+// Task.__step calls `loop.call_soon(step, context=ctx)` for every step, so
+// these two skip PyO3's generic argument extraction: CPython passes the
+// arguments as a vector (`nargs` positional values, then one value per name
+// in `kwnames`) and `(callback, *args, context=None)` is parsed here, with
+// the messages PyO3 gives for bad calls.
+
+/// `LoopCore.call_soon` or `LoopCore.call_soon_threadsafe`: the method
+/// descriptor PyType_Ready would make for a C type's METH_FASTCALL method.
+/// The method table installs it as a class attribute.
+pub fn fast_method(py: Python<'_>, threadsafe: bool) -> PyResult<Py<PyAny>> {
+    let (name, doc, meth): (&'static CStr, &'static CStr, ffi::PyCFunctionFastWithKeywords) = if threadsafe {
+        (c"call_soon_threadsafe", c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n", call_soon_threadsafe_raw)
+    } else {
+        (c"call_soon", c"call_soon($self, callback, *args, context=None)\n--\n\n", call_soon_raw)
+    };
+    // Leaked on purpose: the descriptor points at it for as long as the class lives.
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: meth },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr(),
+    }));
+    // During class creation PyO3 hands out the type object already (its
+    // dict is being filled with what this returns).
+    let ty = py.get_type::<LoopCore>();
+    // SAFETY: we are attached, `def` lives forever and its flags match the
+    // signature of its function; the result is a new reference or NULL with
+    // an exception set.
+    let descr = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def)) }?;
+    Ok(descr.unbind())
+}
+
+unsafe extern "C" fn call_soon_raw(slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: only CPython calls this, through the descriptor above, which
+    // is what `fastcall` requires.
+    unsafe { fastcall(slf, args, nargs, kwnames, false) }
+}
+
+unsafe extern "C" fn call_soon_threadsafe_raw(slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: as for `call_soon_raw`.
+    unsafe { fastcall(slf, args, nargs, kwnames, true) }
+}
+
+/// The body of both raw methods: a new reference to the handle, or NULL with
+/// an exception set. A Rust panic becomes a PanicException here, as in the
+/// methods PyO3 generates; nothing unwinds into Python.
+///
+/// # Safety
+/// CPython's METH_FASTCALL|METH_KEYWORDS contract, as the method descriptor
+/// enforces it: the thread is attached, `slf` is an instance of LoopCore,
+/// `args` holds `nargs` positional values followed by one value for each
+/// name in `kwnames` (a tuple of str, or NULL), all borrowed for the call.
+unsafe fn fastcall(slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject, threadsafe: bool) -> *mut ffi::PyObject {
+    // SAFETY: CPython is calling us, so the thread is attached. PyO3 is not
+    // told (its own methods tell it; Python::attach would cost a
+    // PyGILState_Ensure on threads PyO3 has not seen): a Py<T> dropped in
+    // here on such a thread has its decref deferred to PyO3's pool, which
+    // is sound, only later. The scheduling path drops Bounds instead, bar
+    // error paths.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { call_soon_vector(py, slf, args, nargs, kwnames, threadsafe) }
+    }));
+    match outcome {
+        Ok(Ok(handle)) => handle.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore(py);
+            ptr::null_mut()
+        }
+        Err(payload) => {
+            pyhelpers::panic_to_pyerr(payload).restore(py);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Parse `(callback, *args, context=None)` from the vector and schedule.
+///
+/// # Safety
+/// As for [`fastcall`].
+unsafe fn call_soon_vector(py: Python<'_>, slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject, threadsafe: bool) -> PyResult<Py<Handle>> {
+    // SAFETY: `slf` is a LoopCore borrowed for the call: the method
+    // descriptor type-checks it before calling us.
+    let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() };
+    // SAFETY: `kwnames` is NULL or a tuple (the caller's contract).
+    let names = unsafe { Borrowed::from_ptr_or_opt(py, kwnames).map(|n| n.cast_unchecked::<PyTuple>()) };
+    let nargs = nargs as usize;
+    let total = nargs + names.map_or(0, |n| n.len());
+    // SAFETY: `args` holds that many live objects (the caller's contract);
+    // it may be NULL when there are none.
+    let values = if total == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, total) } };
+    let (positional, keywords) = values.split_at(nargs);
+    let (callback, rest, context) = match names {
+        Some(names) if is_context_only(names) => (positional.first().copied(), positional.get(1..).unwrap_or_default(), Some(keywords[0])),
+        _ => parse_keywords(py, positional, names, keywords, threadsafe)?,
+    };
+    let Some(callback) = callback else {
+        return Err(PyTypeError::new_err(format!("LoopCore.{}() missing 1 required positional argument: 'callback'", method_name(threadsafe))));
+    };
+    let args = pyhelpers::tuple_from_slice(py, rest)?;
+    // SAFETY: both are live objects of the vector, borrowed for the call.
+    let (callback, context) = unsafe { (Bound::from_borrowed_ptr(py, callback), context.map(|c| Bound::from_borrowed_ptr(py, c))) };
+    call_soon(&slf, callback, args, context, threadsafe)
+}
+
+type RawObject = *mut ffi::PyObject;
+
+/// The general case of [`call_soon_vector`]: any keywords, matched in order
+/// with PyO3's rules and messages. Returns the callback (if given), the
+/// extra positional arguments and the context (if given).
+fn parse_keywords<'a>(py: Python<'_>, positional: &'a [RawObject], names: Option<Borrowed<'_, '_, PyTuple>>, keywords: &[RawObject], threadsafe: bool) -> PyResult<(Option<RawObject>, &'a [RawObject], Option<RawObject>)> {
+    let (mut callback, rest) = match positional.split_first() {
+        Some((first, rest)) => (Some(*first), rest),
+        None => (None, positional),
+    };
+    let mut context = None;
+    for (name, &value) in names.iter().flat_map(|n| n.iter_borrowed()).zip(keywords) {
+        let slot = if is_keyword(&name, pyo3::intern!(py, "context"), "context") {
+            &mut context
+        } else if is_keyword(&name, pyo3::intern!(py, "callback"), "callback") {
+            &mut callback
+        } else {
+            return Err(PyTypeError::new_err(format!("LoopCore.{}() got an unexpected keyword argument '{}'", method_name(threadsafe), *name)));
+        };
+        if slot.replace(value).is_some() {
+            return Err(PyTypeError::new_err(format!("LoopCore.{}() got multiple values for argument '{}'", method_name(threadsafe), *name)));
+        }
+    }
+    Ok((callback, rest, context))
+}
+
+fn method_name(threadsafe: bool) -> &'static str {
+    if threadsafe { "call_soon_threadsafe" } else { "call_soon" }
+}
+
+/// Whether a keyword name (always a str) is `text`: by identity for the
+/// interned names of Python call sites, else by value, as PyO3 compares.
+fn is_keyword(name: &Borrowed<'_, '_, PyAny>, interned: &Bound<'_, PyString>, text: &str) -> bool {
+    name.is(interned) || name.cast::<PyString>().is_ok_and(|s| s.to_str().is_ok_and(|s| s == text))
+}
+
+/// The `("context",)` tuple C code passes: the C Task and Future pass the
+/// same one on every call, and its str is not the interned one, so it is
+/// remembered (and kept alive, so its address stays its own) once seen.
+static C_CONTEXT_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+
+/// Whether the keyword names are just `("context",)`, the common case.
+fn is_context_only(names: Borrowed<'_, '_, PyTuple>) -> bool {
+    let py = names.py();
+    if C_CONTEXT_KWNAMES.get(py).is_some_and(|t| t.is(names)) {
+        return true;
+    }
+    if names.len() != 1 {
+        return false;
+    }
+    let Ok(name) = names.get_borrowed_item(0) else { return false };
+    if !is_keyword(&name, pyo3::intern!(py, "context"), "context") {
+        return false;
+    }
+    if !name.is(pyo3::intern!(py, "context")) {
+        C_CONTEXT_KWNAMES.get_or_init(py, || names.to_owned().unbind());
+    }
+    true
 }
 
 pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
