@@ -10,7 +10,6 @@ use std::os::fd::RawFd;
 use std::sync::Mutex;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -20,6 +19,7 @@ use pyo3::types::{PyBytes, PyInt};
 use crate::event_loop::{self, LoopCore};
 use crate::handles::Handle;
 use crate::pyhelpers;
+use crate::transport::base::must_propagate;
 use crate::transport::socket_io::{self, os_error, would_block};
 use crate::transport::stream::Chunk;
 
@@ -35,10 +35,6 @@ enum Attempt {
     Done(Py<PyAny>),
     NotReady,
     Failed(PyErr),
-}
-
-fn is_retry(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py)
 }
 
 impl Op {
@@ -58,7 +54,7 @@ impl Op {
                 // accepts it or raises what it raises.
                 None => match sock.call_method1(pyo3::intern!(py, "recv_into"), (buf.bind(py),)) {
                     Ok(n) => Attempt::Done(n.unbind()),
-                    Err(e) if is_retry(py, &e) => Attempt::NotReady,
+                    Err(e) if socket_io::is_retry(py, &e) => Attempt::NotReady,
                     Err(e) => Attempt::Failed(e),
                 },
             },
@@ -122,7 +118,7 @@ impl SockWait {
         match attempt {
             Attempt::Done(v) => future.call_method1(pyo3::intern!(py, "set_result"), (v,)).map(drop),
             Attempt::NotReady => Ok(()),
-            Attempt::Failed(e) if e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py) => Err(e),
+            Attempt::Failed(e) if must_propagate(py, &e) => Err(e),
             Attempt::Failed(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),)).map(drop),
         }
     }

@@ -21,7 +21,7 @@ use crate::event_loop::{self, LoopCore};
 /// asyncio's default high-water mark (`_FlowControlMixin`); low is a quarter.
 const DEFAULT_HIGH_WATER: f64 = 64.0 * 1024.0;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// A write queue: how much it holds against the water marks, and emptying
 /// it (the contents are handed back, to be dropped with no lock held).

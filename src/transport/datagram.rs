@@ -14,7 +14,7 @@ use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString, PyTuple};
@@ -133,10 +133,6 @@ fn parse_address(addr: &Bound<'_, PyAny>) -> Option<SockAddr> {
     }
 }
 
-fn is_retry(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py)
-}
-
 /// What one send did.
 enum Sent {
     Done,
@@ -161,7 +157,7 @@ impl DatagramTransportCore {
                 };
                 return match sent {
                     Ok(_) => Sent::Done,
-                    Err(e) if is_retry(py, &e) => Sent::WouldBlock,
+                    Err(e) if socket_io::is_retry(py, &e) => Sent::WouldBlock,
                     Err(e) => Sent::Failed(e),
                 };
             }
@@ -219,7 +215,7 @@ impl DatagramTransportCore {
                     let (data, addr): (Bound<'py, PyAny>, Py<PyAny>) = pair.extract()?;
                     Ok(Some((data, addr)))
                 }
-                Err(e) if is_retry(py, &e) => Ok(None),
+                Err(e) if socket_io::is_retry(py, &e) => Ok(None),
                 Err(e) => Err(e),
             };
         }

@@ -76,6 +76,11 @@ pub fn would_block(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
+/// The same, for an exception the socket module raised.
+pub fn is_retry(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+}
+
 /// The exception the socket module would raise: `OSError(errno, strerror)`,
 /// which Python turns into its errno subclass (ConnectionResetError, ...).
 pub fn os_error(e: io::Error) -> PyErr {

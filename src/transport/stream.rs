@@ -14,7 +14,7 @@
 //! handles, so callback order, contexts and debug mode are the loop's.
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -76,10 +76,6 @@ impl KindState for StreamState {
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct StreamTransportCore {
     core: Core<WriteBuffer<Chunk>, StreamState>,
-}
-
-fn is_retry(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py)
 }
 
 impl StreamTransportCore {
@@ -179,7 +175,7 @@ impl StreamTransportCore {
                 Some(sock) => sock
                     .call_method1(pyo3::intern!(py, "recv_into"), (&buf,))
                     .and_then(|n| n.extract::<usize>())
-                    .map_err(|e| if is_retry(py, &e) { None } else { Some(e) }),
+                    .map_err(|e| if socket_io::is_retry(py, &e) { None } else { Some(e) }),
                 None => return Ok(()),
             },
         };
