@@ -18,11 +18,14 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 
 use super::base::{Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
 use super::write_buffer::WriteBuffer;
+
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// asyncio's `max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -366,7 +369,8 @@ super::base::transport_pymethods! {
 
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = protocol.py();
-        let buffered = protocol.is_instance(&py.import("asyncio")?.getattr(pyo3::intern!(py, "BufferedProtocol"))?)?;
+        let buffered_protocol = BUFFERED_PROTOCOL.import(py, "asyncio", "BufferedProtocol")?;
+        let buffered = protocol.is_instance(buffered_protocol)?;
         let receiver = if buffered {
             Receiver::Buffered {
                 get_buffer: protocol.getattr(pyo3::intern!(py, "get_buffer"))?.unbind(),
