@@ -40,10 +40,11 @@ impl<C: AsRef<[u8]>> WriteBuffer<C> {
         if sent >= n {
             return;
         }
+        // Only a chunk that becomes the head can have been partly sent:
+        // writes try the socket only while nothing is queued.
+        debug_assert!(sent == 0 || self.chunks.is_empty(), "only the head chunk may be partly sent");
         if self.chunks.is_empty() {
             self.head_sent = sent;
-        } else {
-            assert_eq!(sent, 0, "only the first chunk may be partly sent");
         }
         self.len += n - sent;
         self.chunks.push_back(chunk);
