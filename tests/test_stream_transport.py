@@ -463,3 +463,29 @@ def test_accept_backs_off_when_out_of_fds(impl):
     """)
     assert r.stdout.split() == ["True", "b'hi'", "1"], r.stderr
     assert "Too many open files" in r.stderr
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_transport_calls_after_the_loop_closed(same, family):
+    """Misuse after loop.close(): the same exceptions as asyncio, no crash,
+    and from another thread too."""
+    import threading
+
+    def scenario(loop, trace):
+        async def connect():
+            return await _connect(loop, family, asyncio.Protocol)
+        transport, proto, peer = loop.run_until_complete(connect())
+        loop.close()
+        calls = [("write", b"x"), ("write", b"y" * 10_000_000), ("pause_reading",), ("resume_reading",),
+                 ("set_write_buffer_limits", 10), ("get_write_buffer_size",), ("is_closing",),
+                 ("write_eof",), ("close",), ("abort",), ("is_closing",)]
+        for name, *args in calls:
+            trace.append((name, outcome(getattr(transport, name), *args)))
+        other = []
+        t = threading.Thread(target=lambda: other.append(outcome(transport.write, b"z")))
+        t.start()
+        t.join()
+        trace.append(other)
+        transport._sock.close() if transport._sock is not None else None
+        peer.close()
+    same(scenario)
