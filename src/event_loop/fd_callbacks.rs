@@ -19,6 +19,12 @@ pub enum Dir {
     Write,
 }
 
+impl Dir {
+    pub fn of(writable: bool) -> Dir {
+        if writable { Dir::Write } else { Dir::Read }
+    }
+}
+
 /// What is registered for one fd: the object the user passed (for lookups
 /// after it was closed) and the two callbacks.
 pub struct FdEntry {
@@ -213,6 +219,15 @@ pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Dir, p
         Some(fd) => remove_fd(slf, fd, dir),
         None => Ok(false),
     }
+}
+
+/// `remove` for an fd number the caller registered itself (the transports):
+/// no file object to resolve.
+pub fn remove_raw(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
+    if slf.get().is_closed() {
+        return Ok(false);
+    }
+    remove_fd(slf, fd, dir)
 }
 
 fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {

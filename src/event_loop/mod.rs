@@ -456,16 +456,13 @@ impl LoopCore {
 /// `loop._add_reader(fd, callback)` / `_add_writer` for the Rust transports.
 pub(crate) fn watch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, callback: Bound<'_, PyAny>) -> PyResult<Py<Handle>> {
     let py = lp.py();
-    let dir = if writable { fd_callbacks::Dir::Write } else { fd_callbacks::Dir::Read };
     let fd_obj = fd.into_pyobject(py)?.into_any();
-    fd_callbacks::add(lp, &fd_obj, callback, PyTuple::empty(py), dir, false)
+    fd_callbacks::add(lp, &fd_obj, callback, PyTuple::empty(py), fd_callbacks::Dir::of(writable), false)
 }
 
 /// `loop._remove_reader(fd)` / `_remove_writer`; false if nothing was watched.
 pub(crate) fn unwatch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool) -> PyResult<bool> {
-    let dir = if writable { fd_callbacks::Dir::Write } else { fd_callbacks::Dir::Read };
-    let fd_obj = fd.into_pyobject(lp.py())?.into_any();
-    fd_callbacks::remove(lp, &fd_obj, dir, false)
+    fd_callbacks::remove_raw(lp, fd, fd_callbacks::Dir::of(writable))
 }
 
 /// Raise asyncio's TypeError for a `None` delay or deadline (3.11+).
