@@ -231,3 +231,50 @@ def test_pause_reading_holds_datagrams(same):
         transport.close()
         await proto.lost
     same(scenario)
+
+
+def test_queued_datagrams_flow_control_and_order(same, run_on, impl):
+    """A peer that does not read fills a Unix datagram socket: sends queue
+    up, the protocol is paused above the high-water mark, and once the peer
+    reads everything arrives, in order, and the protocol is resumed."""
+    class Paced(Echo):
+        def pause_writing(self):
+            self.trace.append(("pause_writing", self.transport.get_write_buffer_size() > 0))
+
+        def resume_writing(self):
+            self.trace.append("resume_writing")
+
+    async def scenario(loop, trace):
+        with tempfile.TemporaryDirectory() as tmp:
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            peer.bind(os.path.join(tmp, "peer"))
+            peer.setblocking(False)
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: Paced(trace), family=socket.AF_UNIX,
+                local_addr=os.path.join(tmp, "ours"), remote_addr=os.path.join(tmp, "peer"))
+            transport.set_write_buffer_limits(high=20_000)
+            sent = 0
+            while sent < 100_000 and not any(isinstance(t, tuple) and t[0] == "pause_writing" for t in trace):
+                transport.sendto(b"%06d" % sent + bytes(994))
+                sent += 1
+            trace.append(("queued", transport.get_write_buffer_size() > 20_000))
+            received = []
+            while len(received) < sent:
+                received.append((await loop.sock_recv(peer, 2000))[:6])
+            trace.append(("in order", received == [b"%06d" % i for i in range(sent)]))
+            await asyncio.sleep(0.01)
+            trace.append(("drained", transport.get_write_buffer_size()))
+            transport.close()
+            await proto.lost
+            peer.close()
+
+    def header_bytes_only(trace):
+        # 3.13's own transport never subtracts the 8 header bytes it adds per
+        # queued datagram (its size stays at 8 x datagrams queued once);
+        # ferroloop's returns to 0, checked below.
+        if sys.version_info < (3, 13):
+            return trace
+        return [("drained", t[1] % 8) if isinstance(t, tuple) and t[0] == "drained" else t for t in trace]
+
+    same(scenario, normalize=header_bytes_only)
+    assert ("drained", 0) in run_on(impl.new_event_loop, scenario)
