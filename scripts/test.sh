@@ -18,7 +18,7 @@ PYO3_PYTHON="$(pyenv prefix 3.11.7 2>/dev/null || pyenv prefix "$(pyenv versions
 
 for v in $versions; do
     py="$(scripts/build.sh "$v")"
-    "$py" -m pip install -q pytest hypothesis uvloop
+    "$py" -m pip install -q pytest hypothesis uvloop aiohttp
     echo "== pytest on $("$py" -V)"
     "$py" -m pytest -q -p no:cacheprovider tests || status=1
     echo "== conformance on $("$py" -V)"
