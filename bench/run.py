@@ -35,7 +35,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import loops  # noqa: E402
-from stats import fmt_rate, geomean  # noqa: E402
+from stats import fmt_rate, geomean, write_json  # noqa: E402
 
 # Modules in bench/ that hold benchmarks, in report order.
 SUITES = ("micro", "procs")
@@ -343,32 +343,18 @@ def main(argv):
         print(f"{failures} run(s) FAILED (see above)")
 
     if args.json:
-        doc = {
-            "meta": {
-                "python": args.python,
-                "python_version": platform.python_version(),
-                "platform": platform.platform(),
-                "cpu_count": os.cpu_count(),
-                "repeats": args.repeats,
-                "stat": args.stat,
-                "quick": args.quick,
-                "scale": args.scale,
-                "pin": args.pin,
-                "loops": descriptions,
-                "skipped": skipped,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                "duration_s": round(time.time() - started, 1),
-                "failures": failures,
-                "loadavg_before": load_before,
-                "loadavg_after": os.getloadavg(),
-            },
-            "benchmarks": results,
-            "geomean": gm,
+        meta = {
+            "python": args.python,
+            "cpu_count": os.cpu_count(),
+            "repeats": args.repeats,
+            "stat": args.stat,
+            "quick": args.quick,
+            "scale": args.scale,
+            "pin": args.pin,
+            "loops": descriptions,
         }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_json(args.json, meta, started, load_before, failures, skipped,
+                   benchmarks=results, geomean=gm)
 
     return 1 if failures else 0
 

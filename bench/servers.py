@@ -28,7 +28,6 @@ import ctypes
 import fnmatch
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -46,7 +45,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import loops  # noqa: E402
-from stats import fmt_rate, geomean  # noqa: E402
+from stats import fmt_rate, geomean, write_json  # noqa: E402
 
 FLOOR_DIR = os.path.join(HERE, "floor")
 FLOOR_BIN = os.path.join(FLOOR_DIR, "target", "release")
@@ -879,36 +878,22 @@ def main(argv):
     print(f"({time.time() - started:.0f} s)", file=sys.stderr)
 
     if args.json:
-        doc = {
-            "meta": {
-                "suite": "servers",
-                "python": args.python,
-                "python_version": platform.python_version(),
-                "platform": platform.platform(),
-                "cpu_count": ncpu,
-                "repeats": args.repeats,
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "quick": args.quick,
-                "server_cpu": args.server_cpu,
-                "client_cpu": args.client_cpu,
-                "servers": servers,
-                "loops": descriptions,
-                "tls_certificate": cert_info,
-                "skipped": skipped,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                "duration_s": round(time.time() - started, 1),
-                "failures": failures,
-                "loadavg_before": load_before,
-                "loadavg_after": os.getloadavg(),
-            },
-            "cases": results,
-            "geomean": summary,
+        meta = {
+            "suite": "servers",
+            "python": args.python,
+            "cpu_count": ncpu,
+            "repeats": args.repeats,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "servers": servers,
+            "loops": descriptions,
+            "tls_certificate": cert_info,
         }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_json(args.json, meta, started, load_before, failures, skipped,
+                   cases=results, geomean=summary)
     return 1 if failures else 0
 
 
