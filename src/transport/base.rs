@@ -10,7 +10,7 @@
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
@@ -67,6 +67,15 @@ impl<B, X> State<B, X> {
 pub struct Core<B, X> {
     pub fd: RawFd,
     state: Mutex<State<B, X>>,
+}
+
+/// The TypeError asyncio's `write()`/`sendto()` raise for data that is not
+/// bytes, bytearray or memoryview.
+pub fn not_bytes_like(data: &Bound<'_, PyAny>) -> PyErr {
+    match data.get_type().name().and_then(|n| n.repr()) {
+        Ok(type_name) => PyTypeError::new_err(format!("data argument must be a bytes-like object, not {type_name}")),
+        Err(e) => e,
+    }
 }
 
 /// `except (SystemExit, KeyboardInterrupt): raise`

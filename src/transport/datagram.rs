@@ -14,13 +14,13 @@ use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString, PyTuple};
 use socket2::SockAddr;
 
-use super::base::{must_propagate, Core, KindState, WriteQueue};
+use super::base::{must_propagate, not_bytes_like, Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
 
 /// asyncio's `max_size`: the largest datagram received whole.
@@ -307,10 +307,7 @@ super::base::transport_pymethods! {
             Err(_) if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() => {
                 py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?
             }
-            Err(_) => {
-                let type_name = data.get_type().name()?.repr()?;
-                return Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {type_name}")));
-            }
+            Err(_) => return Err(not_bytes_like(data)),
         };
         let (address, send_empty, header_bytes) = {
             let s = core.state();

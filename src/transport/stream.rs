@@ -21,7 +21,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 
-use super::base::{Core, KindState, WriteQueue};
+use super::base::{not_bytes_like, Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
 use super::write_buffer::WriteBuffer;
 
@@ -211,12 +211,11 @@ fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
         let copy = data.py().get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
         return Ok(Chunk::Shared(PyBackedBytes::from(copy)));
     }
+    if !for_writelines {
+        return Err(not_bytes_like(data));
+    }
     let type_name = data.get_type().name()?.repr()?;
-    Err(PyTypeError::new_err(if for_writelines {
-        format!("memoryview: a bytes-like object is required, not {type_name}")
-    } else {
-        format!("data argument must be a bytes-like object, not {type_name}")
-    }))
+    Err(PyTypeError::new_err(format!("memoryview: a bytes-like object is required, not {type_name}")))
 }
 
 super::base::transport_pymethods! {
