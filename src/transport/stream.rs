@@ -131,10 +131,9 @@ impl StreamTransportCore {
         core.maybe_pause_protocol(py)
     }
 
-    /// `protocol.data_received(data)`; `target` is the cached bound method,
-    /// or the protocol itself when it had none to cache (`Receiver::LookUp`).
-    fn deliver(&self, py: Python<'_>, target: Py<PyAny>, data: Bound<'_, PyBytes>) -> PyResult<()> {
-        let lookup = matches!(self.core.state().extra.receiver, Some(Receiver::LookUp));
+    /// `protocol.data_received(data)`: through the cached bound method, or
+    /// looked up on the protocol when it had none to cache (`lookup`).
+    fn deliver(py: Python<'_>, target: Py<PyAny>, lookup: bool, data: Bound<'_, PyBytes>) -> PyResult<()> {
         let target = target.into_bound(py);
         if lookup {
             target.call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop)
@@ -235,15 +234,15 @@ super::base::transport_pymethods! {
         let py = slf.py();
         let this = slf.get();
         let core = &this.core;
-        let data_received = {
+        let (target, lookup) = {
             let s = core.state();
             if s.conn_lost > 0 {
                 return Ok(());
             }
             match &s.extra.receiver {
-                Some(Receiver::DataReceived(f)) => f.clone_ref(py),
+                Some(Receiver::DataReceived(f)) => (f.clone_ref(py), false),
                 Some(Receiver::LookUp) => match &s.protocol {
-                    Some(p) => p.clone_ref(py),
+                    Some(p) => (p.clone_ref(py), true),
                     None => return Ok(()),
                 },
                 Some(Receiver::Buffered { get_buffer, buffer_updated }) => {
@@ -258,7 +257,7 @@ super::base::transport_pymethods! {
             socket_io::recv(core.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
         });
         match received {
-            Ok(Some(data)) => match this.deliver(py, data_received, data) {
+            Ok(Some(data)) => match Self::deliver(py, target, lookup, data) {
                 Ok(()) => Ok(()),
                 Err(e) => core.fatal_error(py, e, "Fatal error: protocol.data_received() call failed."),
             },
