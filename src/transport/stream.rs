@@ -232,8 +232,7 @@ super::base::transport_pymethods! {
     /// The fd is readable: one read, handed to the protocol.
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
-        let core = &this.core;
+        let core = &slf.get().core;
         let (target, lookup) = {
             let s = core.state();
             if s.conn_lost > 0 {
