@@ -6,6 +6,7 @@
 //! - [`handles`]: `Handle` and `TimerHandle`,
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
 //! - [`transport`]: socket transports (read, write, flow control),
+//! - [`tls`]: the per-record paths of TLS (asyncio's SSLProtocol),
 //! - [`sock_ops`]: `sock_recv`/`sock_recv_into`/`sock_sendall` fast paths,
 //! - [`pyhelpers`]: calls into the package's Python helpers.
 
@@ -16,6 +17,7 @@ pub mod poller;
 pub mod pyhelpers;
 pub mod sock_ops;
 pub mod timer_heap;
+pub mod tls;
 pub mod transport;
 
 use pyo3::prelude::*;
@@ -27,6 +29,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::stream::StreamTransportCore>()?;
     m.add_class::<transport::datagram::DatagramTransportCore>()?;
+    m.add_class::<tls::protocol::SSLProtocolCore>()?;
     m.add_class::<sock_ops::SockWait>()?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;

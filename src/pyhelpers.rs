@@ -133,3 +133,20 @@ pub fn thread_ident() -> u64 {
     // SAFETY: pthread_self has no preconditions; CPython's get_ident is the same value.
     unsafe { libc::pthread_self() as u64 }
 }
+
+/// `f(memoryview(data))`: Rust-owned bytes lent to Python without a copy.
+/// If the callee kept a reference to the view, it is released before we
+/// return, so no view can reach `data` afterwards.
+pub fn with_readonly_view<T>(py: Python<'_>, data: &[u8], f: impl FnOnce(&Bound<'_, PyAny>) -> PyResult<T>) -> PyResult<T> {
+    // SAFETY: `data` is borrowed for this whole function, the view is
+    // read-only and is released (or freed) before the borrow ends.
+    let view = unsafe {
+        let ptr = ffi::PyMemoryView_FromMemory(data.as_ptr().cast_mut().cast(), data.len() as ffi::Py_ssize_t, ffi::PyBUF_READ);
+        Bound::from_owned_ptr_or_err(py, ptr)?
+    };
+    let result = f(&view);
+    if view.get_refcnt() > 1 {
+        view.call_method0(pyo3::intern!(py, "release"))?;
+    }
+    result
+}

@@ -21,7 +21,8 @@ from . import _ferroloop
 from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
 from ._sock import sock_recv, sock_recv_into, sock_sendall
-from ._stream import make_socket_transport, make_ssl_transport
+from ._sslproto import make_ssl_transport, start_tls
+from ._stream import make_socket_transport
 from ._subprocess import close_pidfds, make_subprocess_transport
 
 
@@ -90,11 +91,11 @@ def _read_from_self(loop_ref):
     "_sock_sendall", "sock_sendto", "_sock_sendto",
     "sock_connect", "_sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
     "_sock_read_done", "_sock_write_done",
-    # connections, servers, datagrams, TLS, sendfile
+    # connections, servers, datagrams, sendfile (TLS: _sslproto.py)
     "create_connection", "_connect_sock", "_create_connection_transport",
     "create_server", "_create_server_getaddrinfo", "connect_accepted_socket",
     "create_unix_connection", "create_unix_server",
-    "create_datagram_endpoint", "start_tls",
+    "create_datagram_endpoint",
     "sendfile", "_sendfile_native", "_sendfile_fallback",
     "sock_sendfile", "_sock_sendfile_native", "_sock_sendfile_native_impl",
     "_sock_sendfile_update_filepos", "_sock_add_cancellation_callback",
@@ -118,6 +119,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     _make_datagram_transport = make_datagram_transport
     _make_socket_transport = make_socket_transport
     _make_ssl_transport = make_ssl_transport
+    start_tls = start_tls
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
     _create_task_fallback = _STANDARD_LOOP.create_task

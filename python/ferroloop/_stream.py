@@ -4,7 +4,7 @@ transports share is `RustTransport` (_transport.py)."""
 
 import inspect
 import sys
-from asyncio import base_events, constants, futures, sslproto
+from asyncio import base_events, constants, futures
 
 from ._ferroloop import StreamTransportCore
 from ._transport import CORE_METHODS, RustTransport
@@ -58,13 +58,3 @@ class SocketTransport(RustTransport):
 
 def make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
     return SocketTransport(self, sock, protocol, waiter, extra, server)
-
-
-def make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
-                       server_side=False, server_hostname=None, extra=None, server=None,
-                       **timeouts):
-    """TLS: asyncio's SSLProtocol over our socket transport."""
-    ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter,
-                                        server_side, server_hostname, **timeouts)
-    SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
-    return ssl_protocol._app_transport

@@ -24,6 +24,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 use super::base::{not_bytes_like, Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
 use super::write_buffer::WriteBuffer;
+use crate::tls::protocol::SSLProtocolCore;
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -59,6 +60,8 @@ enum Receiver {
     /// each read, so the error is the one asyncio would raise.
     LookUp,
     Buffered { get_buffer: Py<PyAny>, buffer_updated: Py<PyAny> },
+    /// ferroloop's TLS protocol: the bytes go from our buffer into its BIO.
+    Tls(Py<SSLProtocolCore>),
 }
 
 /// What only the stream transport keeps.
@@ -193,6 +196,31 @@ impl StreamTransportCore {
     }
 }
 
+impl StreamTransportCore {
+    /// The TLS protocol's read: what asyncio's `get_buffer`/`recv_into`/
+    /// `buffer_updated` do, with our buffer lent to its BIO instead.
+    fn read_into_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, SSLProtocolCore>) -> PyResult<()> {
+        let py = slf.py();
+        let core = &slf.get().core;
+        let received = socket_io::with_read_buffer(MAX_READ, |buf| match socket_io::recv(core.fd, buf) {
+            Ok(0) => Ok(Ok(false)),
+            Ok(n) => Ok(tls.get().feed(py, &buf[..n]).map(|()| true)),
+            Err(e) => Err(e),
+        });
+        let fed = match received {
+            Ok(Ok(true)) => SSLProtocolCore::after_feed(tls),
+            Ok(Ok(false)) => return Self::on_eof(slf),
+            Ok(Err(e)) => Err(e),
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => return core.fatal_error(py, os_error(e), "Fatal read error on socket transport"),
+        };
+        match fed {
+            Ok(()) => Ok(()),
+            Err(e) => core.fatal_error(py, e, "Fatal error: protocol.buffer_updated() call failed."),
+        }
+    }
+}
+
 /// `data` as a chunk to send: a `bytes` is held, other buffers are copied.
 /// The error for anything else is the one `write()` raises, or for
 /// `writelines()` the one of its `memoryview(data)`.
@@ -248,6 +276,11 @@ super::base::transport_pymethods! {
                     let (g, b) = (get_buffer.clone_ref(py), buffer_updated.clone_ref(py));
                     drop(s);
                     return Self::read_into_protocol_buffer(slf, g, b);
+                }
+                Some(Receiver::Tls(tls)) => {
+                    let tls = tls.clone_ref(py).into_bound(py);
+                    drop(s);
+                    return Self::read_into_tls(slf, &tls);
                 }
                 None => return Ok(()),
             }
@@ -368,7 +401,9 @@ super::base::transport_pymethods! {
         let py = protocol.py();
         let buffered_protocol = BUFFERED_PROTOCOL.import(py, "asyncio", "BufferedProtocol")?;
         let buffered = protocol.is_instance(buffered_protocol)?;
-        let receiver = if buffered {
+        let receiver = if let Ok(tls) = protocol.cast::<SSLProtocolCore>() {
+            Receiver::Tls(tls.clone().unbind())
+        } else if buffered {
             Receiver::Buffered {
                 get_buffer: protocol.getattr(pyo3::intern!(py, "get_buffer"))?.unbind(),
                 buffer_updated: protocol.getattr(pyo3::intern!(py, "buffer_updated"))?.unbind(),
@@ -437,6 +472,7 @@ super::base::transport_pymethods! {
                     visit.call(get_buffer)?;
                     visit.call(buffer_updated)
                 }
+                Some(Receiver::Tls(tls)) => visit.call(tls),
                 Some(Receiver::LookUp) | None => Ok(()),
             }
         })

@@ -1,0 +1,17 @@
+//! TLS through the interpreter's own `ssl` module (`ssl.MemoryBIO` and the
+//! user's `SSLContext`), over any of ferroloop's stream transports.
+//!
+//! The protocol object is asyncio's own `SSLProtocol` (3.11+) with a Rust
+//! base class first in its order (`ferroloop._sslproto`): its
+//! once-per-connection steps (handshake, shutdown, timeouts, extra info,
+//! error reports) stay asyncio's code; what runs once per record, and the
+//! state that needs, is Rust's:
+//!
+//! - [`protocol`]: `SSLProtocolCore`: received bytes into the SSL object,
+//!   plaintext out to the app protocol, app writes (the app transport's
+//!   `write`) encrypted and handed to the transport, both directions' flow
+//!   control,
+//! - [`flow`]: the water-mark decisions (plain Rust).
+
+pub mod flow;
+pub mod protocol;
