@@ -1,4 +1,4 @@
-"""Subprocess benchmarks: spawn-and-wait rate.
+"""Subprocess benchmarks: spawn-and-wait rate, and pipe throughput.
 
 Same harness as micro.py (bench/run.py runs each (loop, benchmark, repeat)
 in a fresh process through ``child_run``), but one operation is a whole child
@@ -7,6 +7,10 @@ process: ``await asyncio.create_subprocess_exec('/bin/true')`` then
 for every loop; what differs is how the loop starts the child (its
 subprocess transport; no pipes here) and how it learns that the child
 exited (a pidfd, a SIGCHLD handler, or a thread per child).
+
+``pipe_cat`` measures the pipe transports instead: one ``communicate()`` of
+n MiB through ``cat`` (written to its stdin pipe, read back from its stdout
+pipe); one operation is one MiB.
 
     python bench/procs.py spawn_c8 ferroloop [n]
 """
@@ -19,6 +23,8 @@ import sys
 from micro import Bench, child_run as _micro_child_run
 
 TRUE = "/bin/true" if os.path.exists("/bin/true") else shutil.which("true")
+CAT = "/bin/cat" if os.path.exists("/bin/cat") else shutil.which("cat")
+MIB = os.urandom(1 << 20)
 CONCURRENCY = 8
 
 
@@ -47,9 +53,25 @@ def bench_spawn_c8(loop, n):
     return per_task * CONCURRENCY
 
 
+def bench_pipe_cat(loop, n):
+    """MiB/s: one communicate() of n MiB through cat (stdin and stdout pipes)."""
+    payload = MIB * n
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            CAT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(payload)
+        if len(out) != len(payload):
+            raise RuntimeError(f"cat returned {len(out)} bytes of {len(payload)}")
+
+    loop.run_until_complete(main())
+    return n
+
+
 BENCHMARKS = {
     "spawn_seq": Bench(bench_spawn_seq, 500, 30, "spawns", "spawn /bin/true + wait, 1 at a time"),
     "spawn_c8": Bench(bench_spawn_c8, 800, 40, "spawns", "spawn /bin/true + wait, 8 at a time"),
+    "pipe_cat": Bench(bench_pipe_cat, 64, 16, "MiB", "communicate() of 64 MiB through cat"),
 }
 
 
@@ -62,4 +84,5 @@ if __name__ == "__main__":
     name, loop_name = sys.argv[1], sys.argv[2]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else BENCHMARKS[name].n
     r = child_run(loop_name, name, n)
-    print(f"{name} on {loop_name}: {r['ops_per_sec']:,.0f} spawns/s ({r['ops']} in {r['seconds']:.3f} s)")
+    unit = BENCHMARKS[name].unit
+    print(f"{name} on {loop_name}: {r['ops_per_sec']:,.0f} {unit}/s ({r['ops']} {unit} in {r['seconds']:.3f} s)")

@@ -5,7 +5,7 @@
 //! - [`poller`]: mio polling plus level-triggered fd interest,
 //! - [`handles`]: `Handle` and `TimerHandle`,
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
-//! - [`transport`]: socket transports (read, write, flow control),
+//! - [`transport`]: socket and pipe transports (read, write, flow control),
 //! - [`tls`]: the per-record paths of TLS (asyncio's SSLProtocol),
 //! - [`sock_ops`]: `sock_recv`/`sock_recv_into`/`sock_sendall` fast paths,
 //! - [`pyhelpers`]: calls into the package's Python helpers.
@@ -29,6 +29,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::stream::StreamTransportCore>()?;
     m.add_class::<transport::datagram::DatagramTransportCore>()?;
+    m.add_class::<transport::pipe::read::ReadPipeCore>()?;
+    m.add_class::<transport::pipe::write::WritePipeCore>()?;
     m.add_class::<tls::protocol::SSLProtocolCore>()?;
     m.add_class::<sock_ops::SockWait>()?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;

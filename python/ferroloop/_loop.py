@@ -20,6 +20,7 @@ from asyncio.log import logger
 from . import _ferroloop
 from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
+from ._pipe import make_read_pipe_transport, make_write_pipe_transport
 from ._sock import sock_recv, sock_recv_into, sock_sendall
 from ._sslproto import make_ssl_transport, start_tls
 from ._stream import make_socket_transport
@@ -103,7 +104,6 @@ def _read_from_self(loop_ref):
     # pipes and subprocesses
     "connect_read_pipe", "connect_write_pipe",
     "subprocess_shell", "subprocess_exec", "_log_subprocess",
-    "_make_read_pipe_transport", "_make_write_pipe_transport",
     "_child_watcher_callback",
     # the accept loop, driven by ferroloop's fd callbacks
     "_start_serving", "_accept_connection", "_accept_connection2",
@@ -120,6 +120,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     _make_socket_transport = make_socket_transport
     _make_ssl_transport = make_ssl_transport
     start_tls = start_tls
+    _make_read_pipe_transport = make_read_pipe_transport
+    _make_write_pipe_transport = make_write_pipe_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
     _create_task_fallback = _STANDARD_LOOP.create_task

@@ -162,7 +162,7 @@ impl<B: WriteQueue, X> Core<B, X> {
     }
 
     /// `loop.call_soon(transport._call_connection_lost, exc)`
-    fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    pub fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let (Some(lp), Some(t)) = (self.event_loop(py), self.transport(py)) else { return Ok(()) };
         let callback = t.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
         lp.call_method1(pyo3::intern!(py, "call_soon"), (callback, exc)).map(drop)
@@ -227,9 +227,15 @@ impl<B: WriteQueue, X> Core<B, X> {
     /// The check writes make first: false when the data is to be dropped
     /// because the connection is lost (logged after a few such writes).
     pub fn writable_or_log(&self, py: Python<'_>) -> PyResult<bool> {
+        self.writable_or_log_as(py, false, "socket.send() raised exception.")
+    }
+
+    /// The same check with another warning text; `closing_drops`: writes
+    /// after `close()` are dropped too (asyncio's pipe transports).
+    pub fn writable_or_log_as(&self, py: Python<'_>, closing_drops: bool, warning: &str) -> PyResult<bool> {
         let warn = {
             let mut s = self.state();
-            if s.conn_lost == 0 {
+            if s.conn_lost == 0 && !(closing_drops && s.closing) {
                 return Ok(true);
             }
             let warn = s.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
@@ -237,7 +243,7 @@ impl<B: WriteQueue, X> Core<B, X> {
             warn
         };
         if warn {
-            py.import("asyncio.log")?.getattr("logger")?.call_method1("warning", ("socket.send() raised exception.",))?;
+            py.import("asyncio.log")?.getattr("logger")?.call_method1("warning", (warning,))?;
         }
         Ok(false)
     }

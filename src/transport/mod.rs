@@ -3,11 +3,13 @@
 //! - [`base`]: what every transport shares: close/abort, reading on and off, flow control,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
 //! - [`datagram`]: UDP and Unix datagram sockets,
+//! - [`pipe`]: pipes, FIFOs and character devices (`connect_read_pipe`, `connect_write_pipe`, subprocess stdio),
 //! - [`write_buffer`]: the queue of unsent bytes, sent with vectored sends,
-//! - [`socket_io`]: the socket system calls, errors as Python's socket module raises them.
+//! - [`socket_io`]: the system calls (sockets, and raw fds for pipes), errors as Python raises them.
 
 pub mod base;
 pub mod datagram;
+pub mod pipe;
 pub mod socket_io;
 pub mod stream;
 pub mod write_buffer;

@@ -110,3 +110,38 @@ pub fn recv_into_object(fd: RawFd, buf: &Bound<'_, PyAny>) -> Option<io::Result<
     let slice = unsafe { std::slice::from_raw_parts_mut(view.buf_ptr() as *mut u8, view.len_bytes()) };
     Some(recv(fd, slice))
 }
+
+// ----- raw fds (pipes, FIFOs, character devices) ------------------------------
+
+/// What a `read`/`write`/`writev` call returned, as `io::Result`.
+fn fd_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `read(2)`, as `os.read` on a pipe's fd (no socket semantics: pipes,
+/// FIFOs and character devices are not sockets, and sockets read the same).
+pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole
+    // call. A closed or reused fd number is an error or a logic bug of the
+    // caller (the transport keeps its pipe open while it calls this), never
+    // a memory-safety issue.
+    fd_result(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `write(2)`, as `os.write`. A closed reader is EPIPE: Python ignores SIGPIPE.
+pub fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes for the call.
+    fd_result(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) })
+}
+
+/// `writev(2)`: the queued chunks of a pipe in one call.
+pub fn write_vectored_fd(fd: RawFd, chunks: &[IoSlice<'_>]) -> io::Result<usize> {
+    let count = chunks.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix,
+    // and the slices (and the memory they point to) outlive the call.
+    fd_result(unsafe { libc::writev(fd, chunks.as_ptr().cast::<libc::iovec>(), count) })
+}
