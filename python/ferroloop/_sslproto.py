@@ -15,6 +15,8 @@ from ._stream import SocketTransport
 ssl = sslproto.ssl  # None if the interpreter has no ssl module
 
 if sys.version_info >= (3, 11):
+    _RECEIVE_BUFFER_SIZE = sslproto.SSLProtocol.max_size
+
     class SSLTransport(sslproto._SSLProtocolTransport):
         """asyncio's app transport of a TLS connection, whose `write` is
         the protocol's Rust `_app_write` (bound on the object: no Python
@@ -34,12 +36,18 @@ if sys.version_info >= (3, 11):
         """asyncio's SSLProtocol, with its per-record methods and their
         state in Rust (the base class, first in the method order)."""
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            # asyncio's receive buffer serves only transports that are not
-            # ferroloop's (those read into their own): made on first use.
-            self._ssl_buffer = bytearray()
-            self._ssl_buffer_view = memoryview(self._ssl_buffer)
+        # asyncio's __init__ makes a max_size receive buffer (256 KiB, zeroed)
+        # for every connection. ferroloop's transports feed the core from
+        # their own buffer, so here it starts empty and get_buffer makes it
+        # only if some other transport asks for it.
+        max_size = 0
+
+        def get_buffer(self, n):
+            want = n if 0 < n <= _RECEIVE_BUFFER_SIZE else _RECEIVE_BUFFER_SIZE
+            if len(self._ssl_buffer) < want:
+                self._ssl_buffer = bytearray(want)
+                self._ssl_buffer_view = memoryview(self._ssl_buffer)
+            return self._ssl_buffer_view
 
         def _get_app_transport(self):
             # asyncio's, with the transport class above.
