@@ -356,9 +356,24 @@ class Server:
         self.pid = self.proc.pid  # taskset execs the server: same pid
         try:
             self.addr = self._wait_ready(timeout=30.0)
+            if case.kind in TLS_KINDS:
+                self._open_and_close_connections(args)
         except BaseException:
             self.stop()
             raise
+
+    def _open_and_close_connections(self, args):
+        """Before any measurement, some TLS connections come and go, as on a
+        server that has been up a while. The allocator's state depends on it:
+        glibc serves a large block by mmap until a block that large has been
+        freed, and the TLS protocols allocate 256 KiB per read (asyncio's,
+        uvloop's) or per connection; without this, whichever case runs first
+        on a fresh server pays extra system calls for every message."""
+        cmd = _pin(args.client_cpu) + [
+            sys.executable, os.path.join(HERE, "tls_client.py"), "--mode", "handshake",
+            "--addr", self.addr, "--size", "1024", "--conns", "1", "--warmup", "0",
+            "--duration", "0.2", "--pid", str(self.pid)]
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=True)
 
     def _wait_ready(self, timeout):
         import select as _select

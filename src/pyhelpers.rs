@@ -145,7 +145,8 @@ pub fn with_readonly_view<T>(py: Python<'_>, data: &[u8], f: impl FnOnce(&Bound<
         Bound::from_owned_ptr_or_err(py, ptr)?
     };
     let result = f(&view);
-    if view.get_refcnt() > 1 {
+    // SAFETY: reading the reference count of a live object we hold.
+    if unsafe { ffi::Py_REFCNT(view.as_ptr()) } > 1 {
         view.call_method0(pyo3::intern!(py, "release"))?;
     }
     result

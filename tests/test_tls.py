@@ -554,3 +554,46 @@ def test_many_short_connections_do_not_grow(run_on, factories):
 
     trace = run_on(factories["ferroloop"], scenario, timeout=60)
     assert trace[-1] < 500, trace
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's TLS transport has no start_tls")
+def test_tls_over_tls(same):
+    """start_tls over a TLS transport: the inner protocol reads through the
+    outer one's buffered path (get_buffer/buffer_updated)."""
+    async def scenario(loop, trace):
+        inner_server = loop.create_future()
+
+        class Outer(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(b"OK")
+                loop.create_task(self.upgrade())
+
+            async def upgrade(self):
+                proto = Recorder(trace, "inner server")
+                tls = await loop.start_tls(self.transport, proto, server_context(), server_side=True)
+                proto.connection_made(tls)
+                inner_server.set_result(proto)
+
+        srv = await loop.create_server(Outer, "127.0.0.1", 0, ssl=server_context())
+        tr, client = await loop.create_connection(lambda: Recorder(trace, "client"),
+                                                  *srv.sockets[0].getsockname(), ssl=client_context())
+        tr.write(b"UP")
+        while client.data != b"OK":
+            await asyncio.sleep(0.001)
+        inner = await loop.start_tls(tr, client, client_context())
+        payload = bytes(range(256)) * 1200
+        inner.write(payload)
+        server = await inner_server
+        while len(server.data) < len(payload):
+            await asyncio.sleep(0.001)
+        trace.append(("inner data", bytes(server.data) == payload))
+        inner.close()
+        await client.lost
+        await server.lost
+        srv.close()
+        await srv.wait_closed()
+
+    assert ("inner data", True) in same(scenario)
