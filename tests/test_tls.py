@@ -86,6 +86,16 @@ async def _pair(loop, trace, *, server_echo=True, sctx=None, cctx=None, **kw):
     return srv, tr, client, servers[0]
 
 
+async def _close(tr, client, server, srv):
+    """Close the client's transport; wait until both ends are lost and the
+    server is closed."""
+    tr.close()
+    await client.lost
+    await server.lost
+    srv.close()
+    await srv.wait_closed()
+
+
 def test_echo_order_data_and_extra_info(same):
     async def scenario(loop, trace):
         srv, tr, client, server = await _pair(loop, trace, server_hostname="")
@@ -177,15 +187,14 @@ def test_write_checks_and_writes_after_close(same):
 
 
 def test_error_in_data_received_reaches_handler(same):
-    class Failing(Recorder):
-        def data_received(self, data):
-            raise ZeroDivisionError("boom")
+    def failing_data_received(data):
+        raise ZeroDivisionError("boom")
 
     async def scenario(loop, trace):
         contexts = []
         loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
         srv, tr, client, server = await _pair(loop, trace)
-        client.data_received = Failing.data_received.__get__(client)
+        client.data_received = failing_data_received
         tr.write(b"ping")
         await client.lost
         trace.append([(c["message"], type(c.get("exception")).__name__,
@@ -224,11 +233,7 @@ def test_verified_connection_and_peercert(same):
         srv, tr, client, server = await _pair(loop, trace, sctx=sctx, cctx=verifying_client_context(),
                                               server_hostname="localhost")
         trace.append(tr.get_extra_info("peercert") == test_utils.PEERCERT)
-        tr.close()
-        await client.lost
-        await server.lost
-        srv.close()
-        await srv.wait_closed()
+        await _close(tr, client, server, srv)
 
     assert True in same(scenario)
 
@@ -250,11 +255,7 @@ def test_sni_alpn_and_client_certificates(same):
         trace.append(("alpn", tr.get_extra_info("ssl_object").selected_alpn_protocol(),
                       st.get_extra_info("ssl_object").selected_alpn_protocol()))
         trace.append(("client cert seen", st.get_extra_info("peercert") == test_utils.PEERCERT))
-        tr.close()
-        await client.lost
-        await server.lost
-        srv.close()
-        await srv.wait_closed()
+        await _close(tr, client, server, srv)
 
     trace = same(scenario)
     assert ("sni", "example.org") in trace and ("alpn", "http/1.1", "http/1.1") in trace
@@ -319,11 +320,7 @@ def test_flow_control_against_a_peer_that_does_not_read(same):
             await asyncio.sleep(0.001)
         trace.append(("all arrived", bytes(server.data) == b"f" * sent))
         trace.append(("resumed", ("client", "resume_writing") in trace, tr.get_write_buffer_size()))
-        tr.close()
-        await client.lost
-        await server.lost
-        srv.close()
-        await srv.wait_closed()
+        await _close(tr, client, server, srv)
 
     same(scenario)
 
@@ -339,11 +336,7 @@ def test_app_pause_reading_holds_data(same):
         tr.resume_reading()
         await client.got_data
         trace.append(("resumed", tr.is_reading(), bytes(client.data)))
-        tr.close()
-        await client.lost
-        await server.lost
-        srv.close()
-        await srv.wait_closed()
+        await _close(tr, client, server, srv)
 
     same(scenario)
 
@@ -508,11 +501,7 @@ def test_connection_objects_freed_without_gc(run_on, factories):
     async def scenario(loop, trace):
         cctx = client_context()
         srv, tr, client, server = await _pair(loop, trace, cctx=cctx)
-        tr.close()
-        await client.lost
-        await server.lost
-        srv.close()
-        await srv.wait_closed()
+        await _close(tr, client, server, srv)
         refs = [weakref.ref(cctx), weakref.ref(client), weakref.ref(tr)]
         del cctx, client, tr, server, srv
         trace.append([r() is None for r in refs])

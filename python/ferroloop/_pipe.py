@@ -16,7 +16,7 @@ from asyncio import futures, transports, unix_events
 from asyncio.log import logger
 
 from ._ferroloop import ReadPipeCore, WritePipeCore
-from ._transport import _delegate
+from ._transport import CoreFlowControl, CoreMethods
 
 _StdRead = unix_events._UnixReadPipeTransport
 _StdWrite = unix_events._UnixWritePipeTransport
@@ -26,7 +26,7 @@ _StdWrite = unix_events._UnixWritePipeTransport
 _PY311 = sys.version_info >= (3, 11)
 
 
-class _PipeTransport:
+class _PipeTransport(CoreMethods):
     """What both pipe transports share: the core's methods bound as the
     transport's own, the state asyncio's code reads off a pipe transport,
     the end of the connection."""
@@ -34,18 +34,6 @@ class _PipeTransport:
     # Read by __del__ and __repr__, also when __init__ failed early.
     _pipe = None
     _core = None
-    _CORE_METHODS = ()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # Also on the class, so that Class.method(transport, ...) works.
-        for name in cls._CORE_METHODS:
-            setattr(cls, name, _delegate(name))
-
-    def _bind_core(self, core):
-        self._core = core
-        for name in self._CORE_METHODS:
-            self.__dict__[name] = getattr(core, name)
 
     def _check_fd_type(self, core, ok, message):
         # As asyncio: a pipe transport refuses to own anything else (and
@@ -95,7 +83,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._pipe = pipe
         self._fileno = pipe.fileno()
         core = ReadPipeCore(loop, pipe, self, protocol)
-        self._bind_core(core)
+        self._bind_core_methods(core)
 
         mode = os.fstat(self._fileno).st_mode
         self._check_fd_type(core, stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode),
@@ -120,7 +108,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     _fatal_error = _StdRead._fatal_error
 
 
-class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(_PipeTransport, CoreFlowControl, transports._FlowControlMixin, transports.WriteTransport):
     """The write end of a pipe, a FIFO, a character device or a socket."""
 
     _CORE_METHODS = (
@@ -137,7 +125,7 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
         self._pipe = pipe
         self._fileno = pipe.fileno()
         core = WritePipeCore(loop, pipe, self, protocol)
-        self._bind_core(core)
+        self._bind_core_methods(core)
 
         mode = os.fstat(self._fileno).st_mode
         is_char = stat.S_ISCHR(mode)
@@ -163,24 +151,10 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
     _protocol_paused = property(lambda self: self._core._protocol_paused)
     _conn_lost = property(lambda self: self._core._conn_lost)
 
-    def set_write_buffer_limits(self, high=None, low=None):
-        # asyncio's arithmetic and checks (_FlowControlMixin); the core
-        # compares the queue against the result.
-        self._set_write_buffer_limits(high=high, low=low)
-        self._core._set_water_marks(self._high_water, self._low_water)
-
     def close(self):
         if self._pipe is not None and not self._core.is_closing():
             # write_eof is all what we needed to close the write pipe
             self.write_eof()
-
-    def _flow_control_failed(self, message, exc):
-        self._loop.call_exception_handler({
-            'message': message,
-            'exception': exc,
-            'transport': self,
-            'protocol': self._protocol,
-        })
 
     __repr__ = _StdWrite.__repr__
     __del__ = _StdWrite.__del__

@@ -26,8 +26,43 @@ def _delegate(name):
     return method
 
 
-class RustTransport(transports._FlowControlMixin, transports.Transport):
-    """Base of the transports whose state is a Rust core (`self._core`)."""
+class CoreMethods:
+    """Takes the Rust core's methods named in `_CORE_METHODS` as the
+    object's own: bound on each object (one call into Rust, no Python frame)
+    and delegated on the class (so that Class.method(obj, ...) works)."""
+
+    _CORE_METHODS = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._CORE_METHODS:
+            setattr(cls, name, _delegate(name))
+
+    def _bind_core_methods(self, core):
+        self._core = core
+        for name in self._CORE_METHODS:
+            self.__dict__[name] = getattr(core, name)
+
+
+class CoreFlowControl:
+    """Write flow control whose state is the core's: asyncio's arithmetic
+    and checks for the limits (_FlowControlMixin), the core's comparisons."""
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._core._set_water_marks(self._high_water, self._low_water)
+
+    def _flow_control_failed(self, message, exc):
+        self._loop.call_exception_handler({
+            'message': message,
+            'exception': exc,
+            'transport': self,
+            'protocol': self._protocol,
+        })
+
+
+class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, transports.Transport):
+    """Base of the socket transports whose state is a Rust core (`self._core`)."""
 
     # Those of the core's methods that the transport takes as its own.
     _CORE_METHODS = CORE_METHODS
@@ -35,12 +70,6 @@ class RustTransport(transports._FlowControlMixin, transports.Transport):
     # Read by __del__, also when __init__ failed early.
     _sock = None
     _server = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # Also on the class, so that Class.method(transport, ...) works.
-        for name in cls._CORE_METHODS:
-            setattr(cls, name, _delegate(name))
 
     def __init__(self, loop, sock, extra):
         # Not _FlowControlMixin.__init__: the flow-control state is the core's.
@@ -59,9 +88,7 @@ class RustTransport(transports._FlowControlMixin, transports.Transport):
         self._sock_fd = sock.fileno()
 
     def _bind_core(self, core, sock):
-        self._core = core
-        for name in self._CORE_METHODS:
-            self.__dict__[name] = getattr(core, name)
+        self._bind_core_methods(core)
         self._set_write_buffer_limits()
         self._sock = sock
         self._loop._transports[self._sock_fd] = self
@@ -72,12 +99,6 @@ class RustTransport(transports._FlowControlMixin, transports.Transport):
     _closing = property(lambda self: self._core.is_closing())
     _conn_lost = property(lambda self: self._core._conn_lost)
     _paused = property(lambda self: self._core._paused)
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        # asyncio's arithmetic and checks (_FlowControlMixin); the core
-        # compares the buffer against the result.
-        self._set_write_buffer_limits(high=high, low=low)
-        self._core._set_water_marks(self._high_water, self._low_water)
 
     def __repr__(self):
         info = [self.__class__.__name__]
@@ -115,14 +136,6 @@ class RustTransport(transports._FlowControlMixin, transports.Transport):
                 'protocol': self._protocol,
             })
         self._core._force_close(exc)
-
-    def _flow_control_failed(self, message, exc):
-        self._loop.call_exception_handler({
-            'message': message,
-            'exception': exc,
-            'transport': self,
-            'protocol': self._protocol,
-        })
 
     def _debug_log(self, message):
         logger.debug(message, self)
