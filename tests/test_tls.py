@@ -125,6 +125,21 @@ def test_echo_order_data_and_extra_info(same):
     assert ("echoed", 1_000_000, True) in trace and ("client", "lost", None) in trace
 
 
+def test_debug_mode_logs_the_same(same):
+    """Debug mode: the handshake and EOF debug logs (their messages, without
+    the reprs and timings in them) and the callbacks are asyncio's."""
+    async def scenario(loop, trace):
+        with capture_log() as log:
+            srv, tr, client, server = await _pair(loop, trace)
+            tr.write(b"debug")
+            await client.got_data
+            await _close(tr, client, server, srv)
+        trace.append(sorted({r.msg for r in log.records if "SSL" in r.msg or "EOF" in r.msg}))
+
+    trace = same(scenario, debug=True)
+    assert any("SSL handshake" in m for m in trace[-1])
+
+
 def test_close_flushes_then_close_notify(same):
     """Everything written before close() arrives; the peer sees EOF."""
     async def scenario(loop, trace):
