@@ -2,6 +2,7 @@
 //!
 //! - [`base`]: what every transport shares: close/abort, reading on and off, flow control,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
+//! - [`stream_reader`]: asyncio's `StreamReaderProtocol` fed without its Python frames,
 //! - [`datagram`]: UDP and Unix datagram sockets,
 //! - [`pipe`]: pipes, FIFOs and character devices (`connect_read_pipe`, `connect_write_pipe`, subprocess stdio),
 //! - [`write_buffer`]: the queue of unsent bytes, sent with vectored sends,
@@ -12,4 +13,5 @@ pub mod datagram;
 pub mod pipe;
 pub mod socket_io;
 pub mod stream;
+pub mod stream_reader;
 pub mod write_buffer;

@@ -23,6 +23,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 
 use super::base::{not_bytes_like, Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
+use super::stream_reader;
 use super::write_buffer::WriteBuffer;
 use crate::tls::protocol::SSLProtocolCore;
 
@@ -62,6 +63,9 @@ enum Receiver {
     Buffered { get_buffer: Py<PyAny>, buffer_updated: Py<PyAny> },
     /// ferroloop's TLS protocol: the bytes go from our buffer into its BIO.
     Tls(Py<SSLProtocolCore>),
+    /// asyncio's own `StreamReaderProtocol`: the bytes go from our buffer
+    /// into its reader's (see [`stream_reader`]).
+    StreamReader,
 }
 
 /// What only the stream transport keeps.
@@ -199,6 +203,23 @@ impl StreamTransportCore {
 impl StreamTransportCore {
     /// The TLS protocol's read: what asyncio's `get_buffer`/`recv_into`/
     /// `buffer_updated` do, with our buffer lent to its BIO instead.
+    fn read_into_stream_reader(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let core = &slf.get().core;
+        let received = socket_io::with_read_buffer(MAX_READ, |buf| match socket_io::recv(core.fd, buf) {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(stream_reader::data_received(protocol, &buf[..n]))),
+            Err(e) => Err(e),
+        });
+        match received {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(e))) => core.fatal_error(py, e, "Fatal error: protocol.data_received() call failed."),
+            Ok(None) => Self::on_eof(slf),
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => core.fatal_error(py, os_error(e), "Fatal read error on socket transport"),
+        }
+    }
+
     fn read_into_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, SSLProtocolCore>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
@@ -282,6 +303,14 @@ super::base::transport_pymethods! {
                     drop(s);
                     return Self::read_into_tls(slf, &tls);
                 }
+                Some(Receiver::StreamReader) => match &s.protocol {
+                    Some(p) => {
+                        let protocol = p.clone_ref(py).into_bound(py);
+                        drop(s);
+                        return Self::read_into_stream_reader(slf, &protocol);
+                    }
+                    None => return Ok(()),
+                },
                 None => return Ok(()),
             }
         };
@@ -403,6 +432,8 @@ super::base::transport_pymethods! {
         let buffered = protocol.is_instance(buffered_protocol)?;
         let receiver = if let Ok(tls) = protocol.cast::<SSLProtocolCore>() {
             Receiver::Tls(tls.clone().unbind())
+        } else if stream_reader::is_plain_stream_protocol(protocol)? {
+            Receiver::StreamReader
         } else if buffered {
             Receiver::Buffered {
                 get_buffer: protocol.getattr(pyo3::intern!(py, "get_buffer"))?.unbind(),
@@ -473,7 +504,7 @@ super::base::transport_pymethods! {
                     visit.call(buffer_updated)
                 }
                 Some(Receiver::Tls(tls)) => visit.call(tls),
-                Some(Receiver::LookUp) | None => Ok(()),
+                Some(Receiver::LookUp | Receiver::StreamReader) | None => Ok(()),
             }
         })
     }
