@@ -510,6 +510,36 @@ def test_streams_over_tls(same):
     same(scenario)
 
 
+def test_stream_reader_flow_control_over_tls(same):
+    """The reader's limit pauses the TLS transport (ferroloop feeds
+    asyncio's StreamReader from Rust here too) and reading resumes it."""
+    async def scenario(loop, trace):
+        sent = asyncio.Event()
+
+        async def handle(reader, writer):
+            writer.write(b"t" * 10_000)
+            await writer.drain()
+            sent.set()
+            await reader.read()
+            writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context())
+        reader, writer = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2],
+                                                       ssl=client_context(), limit=1000)
+        await sent.wait()
+        while len(reader._buffer) < 10_000:
+            await asyncio.sleep(0.001)
+        trace.append(("full", len(reader._buffer), reader._paused, writer.transport.is_reading()))
+        trace.append(len(await reader.read(20_000)))
+        trace.append(("drained", reader._paused, writer.transport.is_reading()))
+        writer.close()
+        await writer.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    same(scenario)
+
+
 def test_connection_objects_freed_without_gc(run_on, factories):
     """As asyncio: once closed, the TLS transport, protocol and context are
     freed by reference counting alone (no cycles left behind)."""

@@ -29,6 +29,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString,
 use super::flow::{flow_change, FlowChange};
 use crate::pyhelpers::with_readonly_view;
 use crate::transport::base::must_propagate;
+use crate::transport::stream_reader;
 
 /// What one `read()` asks for: one byte more than a TLS record's most
 /// plaintext, the most one `SSL_read` returns, so that a read which got
@@ -289,7 +290,11 @@ impl<'a, 'py> Tls<'a, 'py> {
         };
         if let Some(data) = data {
             let app = bound(py, &self.fields().app_protocol);
-            app.call_method1(intern!(py, "data_received"), (data,))?;
+            if stream_reader::is_plain_stream_protocol(&app)? {
+                stream_reader::data_received(&app, data.as_bytes())?;
+            } else {
+                app.call_method1(intern!(py, "data_received"), (data,))?;
+            }
         }
         if closed {
             self.call(intern!(py, "_call_eof_received"))?;
