@@ -67,8 +67,21 @@ impl Poller {
 }
 
 impl Registrar {
-    /// Set the level-triggered interest of `fd` (token = fd). `None` removes it.
+    /// Set the level-triggered interest of `fd` (token = fd); none removes it.
+    /// `registered`: whether epoll already holds the fd (modified, not added).
     pub fn set_level_interest(&self, fd: RawFd, readable: bool, writable: bool, registered: bool) -> io::Result<()> {
+        self.set_interest(fd, readable, writable, registered, 0)
+    }
+
+    /// Arm `fd` for one report (`EPOLLONESHOT`): once reported, epoll keeps
+    /// the registration but disabled, reporting nothing, not even hang-ups,
+    /// until it is armed again by a modification, one system call instead of
+    /// a delete and an add. Used for a wait that is done after one event.
+    pub fn arm_once(&self, fd: RawFd, readable: bool, writable: bool, registered: bool) -> io::Result<()> {
+        self.set_interest(fd, readable, writable, registered, libc::EPOLLONESHOT as u32)
+    }
+
+    fn set_interest(&self, fd: RawFd, readable: bool, writable: bool, registered: bool, flags: u32) -> io::Result<()> {
         if !readable && !writable {
             if registered {
                 // Closed fds have already left the epoll set; that is not an error.
@@ -76,7 +89,7 @@ impl Registrar {
             }
             return Ok(());
         }
-        let mut mask = 0u32;
+        let mut mask = flags;
         if readable {
             mask |= libc::EPOLLIN as u32;
         }
@@ -133,6 +146,26 @@ mod tests {
         let mut out = Vec::new();
         p.poll(Some(Duration::from_millis(10)), &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn armed_once_reports_once_until_armed_again() {
+        let (mut p, r, _w) = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        r.arm_once(fd, true, false, false).unwrap();
+        a.write_all(b"x").unwrap();
+        let poll = |p: &mut Poller| {
+            let mut out = Vec::new();
+            p.poll(Some(Duration::from_millis(20)), &mut out).unwrap();
+            out.len()
+        };
+        assert_eq!(poll(&mut p), 1);
+        assert_eq!(poll(&mut p), 0, "disabled after one report, though still readable");
+        drop(a);
+        assert_eq!(poll(&mut p), 0, "a disabled registration does not report the hang-up either");
+        r.arm_once(fd, true, false, true).unwrap();
+        assert_eq!(poll(&mut p), 1);
     }
 
     #[test]

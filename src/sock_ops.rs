@@ -117,7 +117,7 @@ impl SockWait {
         };
         match attempt {
             Attempt::Done(v) => future.call_method1(pyo3::intern!(py, "set_result"), (v,)).map(drop),
-            Attempt::NotReady => Ok(()),
+            Attempt::NotReady => event_loop::rearm_fd(self.loop_.bind(py), self.fd),
             Attempt::Failed(e) if must_propagate(py, &e) => Err(e),
             Attempt::Failed(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),)).map(drop),
         }
@@ -175,7 +175,7 @@ fn start(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, mut op: Op) -> PyRes
         fd,
         state: Mutex::new(WaitState { op, future: Some(future.clone().unbind()), handle: None }),
     })?;
-    let handle = event_loop::watch_fd(lp, fd, writable, wait.getattr(pyo3::intern!(py, "_ready"))?)?;
+    let handle = event_loop::watch_fd_once(lp, fd, writable, wait.getattr(pyo3::intern!(py, "_ready"))?)?;
     wait.get().state().handle = Some(handle);
     future.call_method1(pyo3::intern!(py, "add_done_callback"), (wait.getattr(pyo3::intern!(py, "_done"))?,))?;
     Ok(future.unbind())

@@ -463,3 +463,100 @@ def test_cancel_pending_sendall_keeps_socket_usable(same):
             trace.append(loop.remove_writer(a))
             trace.append(loop.remove_reader(a))
     same(scenario)
+
+
+# A sock_* wait is polled for one event; once over, its registration stays in
+# epoll disabled and the next wait on the fd re-arms it (src/event_loop/
+# fd_callbacks.rs, add_once). The fd table, fd reuse and the other fd APIs
+# must not see the difference.
+
+def test_fd_reused_after_a_wait_is_polled_again(same):
+    async def scenario(loop, trace):
+        for round in range(3):
+            a, b = _pair()
+            reader = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            await loop.sock_sendall(b, b"round %d" % round)
+            trace.append(await reader)
+            # The fd number is taken again by the next socketpair.
+            a.close()
+            b.close()
+    same(scenario)
+
+
+def test_other_fd_apis_after_a_wait(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        with a, b:
+            reader = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            b.send(b"one")
+            trace.append(await reader)
+            trace.append(("remove after the wait", loop.remove_reader(a)))
+            called = loop.create_future()
+            loop.add_reader(a, lambda: called.done() or called.set_result(a.recv(100)))
+            b.send(b"two")
+            trace.append(await called)
+            trace.append(("removed", loop.remove_reader(a)))
+            # A wait, a cancelled wait, then a wait again.
+            reader = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            reader.cancel()
+            await asyncio.sleep(0)
+            trace.append(reader.cancelled())
+            b.send(b"three")
+            trace.append(await loop.sock_recv(a, 100))
+            # A reader and a writer on the fd while a wait is pending.
+            reader = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            loop.add_writer(a, lambda: None)
+            b.send(b"four")
+            trace.append(await reader)
+            trace.append((loop.remove_writer(a), loop.remove_reader(a)))
+    same(scenario)
+
+
+def test_sendall_waits_for_a_slow_reader_many_times(same):
+    async def scenario(loop, trace):
+        a, b = _pair()
+        with a, b:
+            payload = bytes(range(256)) * 16384   # 4 MiB: many partial sends
+            send = asyncio.ensure_future(loop.sock_sendall(a, payload))
+            received = bytearray()
+            while len(received) < len(payload):
+                await asyncio.sleep(0.001)
+                received += await loop.sock_recv(b, 65536)
+            await send
+            trace.append(received == payload)
+    same(scenario)
+
+
+def test_closed_socket_with_a_live_duplicate_does_not_wake_the_loop(loop):
+    """After a wait the registration stays in epoll, disabled; if the socket
+    is closed while a duplicate keeps it open, data for it must neither wake
+    the loop nor reach a new socket that takes the fd number."""
+    import resource
+
+    async def main():
+        a, b = _pair()
+        reader = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        b.send(b"x")
+        assert await reader == b"x"
+        duplicate = a.dup()
+        a.close()
+        b.send(b"unread data for the duplicate")
+        c, d = _pair()       # may take a's fd number
+        got = asyncio.ensure_future(loop.sock_recv(c, 100))
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        await asyncio.sleep(0.3)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        spent = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert not got.done()
+        d.send(b"mine")
+        assert await got == b"mine"
+        for s in (duplicate, b, c, d):
+            s.close()
+        return spent
+
+    assert run(loop, main()) < 0.15

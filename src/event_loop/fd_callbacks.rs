@@ -31,6 +31,17 @@ pub struct FdEntry {
     fileobj: Py<PyAny>,
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    /// Polled for one event at a time (see [`add_once`]), not level-triggered.
+    once: Option<Once>,
+}
+
+/// The state of an fd polled for one event at a time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Once {
+    /// epoll will report the next event.
+    Armed,
+    /// epoll reported one and disabled the registration.
+    Fired,
 }
 
 impl FdEntry {
@@ -39,6 +50,10 @@ impl FdEntry {
         for h in [&self.reader, &self.writer].into_iter().flatten() {
             h.get().release(true);
         }
+    }
+
+    fn new(fileobj: &Bound<'_, PyAny>) -> Self {
+        FdEntry { fileobj: fileobj.clone().unbind(), reader: None, writer: None, once: None }
     }
 
     fn slot(&mut self, dir: Dir) -> &mut Option<Py<Handle>> {
@@ -58,18 +73,22 @@ pub struct FdTable {
     internal_fd: Option<RawFd>,
     /// Registered fds other than the self-pipe.
     user_fds: usize,
+    /// fds with no entry whose disabled one-event registration epoll still
+    /// holds: the next [`add_once`] re-arms it with one modification.
+    parked: std::collections::HashSet<RawFd>,
 }
 
 impl FdTable {
     pub fn new(registrar: Registrar) -> Self {
-        FdTable { registrar: Some(registrar), entries: Vec::new(), internal_fd: None, user_fds: 0 }
+        FdTable { registrar: Some(registrar), entries: Vec::new(), internal_fd: None, user_fds: 0, parked: Default::default() }
+    }
+
+    fn registrar(&self) -> std::io::Result<&Registrar> {
+        self.registrar.as_ref().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))
     }
 
     fn set_interest(&self, fd: RawFd, readable: bool, writable: bool, registered: bool) -> std::io::Result<()> {
-        match &self.registrar {
-            Some(r) => r.set_level_interest(fd, readable, writable, registered),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        }
+        self.registrar()?.set_level_interest(fd, readable, writable, registered)
     }
 
     pub fn set_internal_fd(&mut self, fd: RawFd) {
@@ -122,6 +141,7 @@ impl FdTable {
     /// Empty the table and release the epoll registrations (loop close).
     pub fn take_all(&mut self) -> (Vec<FdEntry>, Option<Registrar>) {
         self.user_fds = 0;
+        self.parked.clear();
         (self.entries.drain(..).flatten().collect(), self.registrar.take())
     }
 
@@ -176,18 +196,22 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
     let old = {
         let mut table = lock(&core.fds);
         let current = table.entry(fd);
-        let registered = current.is_some();
+        let known = current.is_some();
+        let registered = known || table.parked.contains(&fd);
         let (r, w) = match current {
             Some(e) => (e.reader.is_some() || dir == Dir::Read, e.writer.is_some() || dir == Dir::Write),
             None => (dir == Dir::Read, dir == Dir::Write),
         };
         // The kernel vets the fd before the table grows to hold it.
         table.set_interest(fd, r, w, registered)?;
-        if !registered {
+        table.parked.remove(&fd);
+        if !known {
             table.count(fd, true);
         }
-        let entry = table.entry_mut(fd).get_or_insert_with(|| FdEntry { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
+        let entry = table.entry_mut(fd).get_or_insert_with(|| FdEntry::new(fileobj));
         entry.fileobj = fileobj.clone().unbind();
+        // Level-triggered from now on, whatever it was.
+        entry.once = None;
         entry.slot(dir).replace(handle.clone_ref(py))
     };
     if let Some(old) = old {
@@ -195,6 +219,45 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
         old.get().cancel_inner(old.as_any())?;
     }
     Ok(handle)
+}
+
+/// `add` for a wait that ends at its first event (the `sock_*` operations):
+/// when nothing else watches the fd, it is polled for one event at a time,
+/// so that once the wait is over its registration can stay in epoll,
+/// disabled, and the next wait on the fd re-arms it with one system call
+/// instead of a delete and an add. A callback that finds the fd not ready
+/// after all calls [`rearm`]. Otherwise it is `add`.
+pub fn add_once(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>, dir: Dir) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let core = slf.get();
+    let fileobj = fd.into_pyobject(py)?.into_any();
+    if lock(&core.fds).entry(fd).is_some() {
+        return add(slf, &fileobj, callback, PyTuple::empty(py), dir, false);
+    }
+    core.check_closed()?;
+    let handle = super::scheduling::new_fd_handle(slf, callback, PyTuple::empty(py))?;
+    let mut table = lock(&core.fds);
+    let parked = table.parked.remove(&fd);
+    table.registrar()?.arm_once(fd, dir == Dir::Read, dir == Dir::Write, parked)?;
+    table.count(fd, true);
+    let entry = table.entry_mut(fd).insert(FdEntry::new(&fileobj));
+    entry.once = Some(Once::Armed);
+    *entry.slot(dir) = Some(handle.clone_ref(py));
+    Ok(handle)
+}
+
+/// Arm an fd added by [`add_once`] for its next event, if the last one was
+/// reported (the callback found it not ready after all).
+pub fn rearm(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
+    let mut table = lock(&slf.get().fds);
+    let Some(Some(entry)) = table.entries.get_mut(fd as usize) else { return Ok(()) };
+    if entry.once != Some(Once::Fired) {
+        return Ok(());
+    }
+    entry.once = Some(Once::Armed);
+    let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
+    table.registrar()?.arm_once(fd, r, w, true)?;
+    Ok(())
 }
 
 /// Unregister the `dir` callback of `fileobj`; true if one was registered.
@@ -238,7 +301,12 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
         let Some(Some(entry)) = table.entries.get_mut(fd as usize) else { return Ok(false) };
         let old = entry.slot(dir).take();
         let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
-        let forget = if table.set_interest(fd, r, w, true).is_err() {
+        let fired = entry.once == Some(Once::Fired);
+        let forget = if fired && !r && !w {
+            // epoll already disabled it; it stays there, silent, for the next wait.
+            table.parked.insert(fd);
+            true
+        } else if table.set_interest(fd, r, w, true).is_err() {
             // The fd was closed behind our back: forget it entirely.
             let _ = table.set_interest(fd, false, false, true);
             true
@@ -270,13 +338,17 @@ pub fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Readiness]) -> PyResult<()>
     let mut ready = Vec::with_capacity(events.len());
     let mut stale = Vec::new();
     {
-        let table = lock(&core.fds);
+        let mut table = lock(&core.fds);
         for ev in events {
             if ev.token == WAKER {
                 continue;
             }
             let fd = ev.token.0 as RawFd;
-            let Some(entry) = table.entry(fd) else { continue };
+            let Some(Some(entry)) = table.entries.get_mut(fd as usize) else { continue };
+            if entry.once == Some(Once::Armed) {
+                entry.once = Some(Once::Fired);
+            }
+            let entry = &*entry;
             for (wanted, handle, dir) in [(ev.readable, &entry.reader, Dir::Read), (ev.writable, &entry.writer, Dir::Write)] {
                 match handle {
                     Some(h) if wanted && h.get().is_cancelled() => stale.push((fd, dir)),

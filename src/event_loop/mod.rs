@@ -460,6 +460,16 @@ pub(crate) fn watch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, call
     fd_callbacks::add(lp, &fd_obj, callback, PyTuple::empty(py), fd_callbacks::Dir::of(writable), false)
 }
 
+/// `watch_fd` for a wait that ends at its first event; a callback that finds
+/// the fd not ready calls [`rearm_fd`] (see `fd_callbacks::add_once`).
+pub(crate) fn watch_fd_once(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, callback: Bound<'_, PyAny>) -> PyResult<Py<Handle>> {
+    fd_callbacks::add_once(lp, fd, callback, fd_callbacks::Dir::of(writable))
+}
+
+pub(crate) fn rearm_fd(lp: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
+    fd_callbacks::rearm(lp, fd)
+}
+
 /// `loop._remove_reader(fd)` / `_remove_writer`; false if nothing was watched.
 pub(crate) fn unwatch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool) -> PyResult<bool> {
     fd_callbacks::remove_raw(lp, fd, fd_callbacks::Dir::of(writable))
