@@ -3,7 +3,7 @@
 //!
 //! `StreamTransportCore` runs the hot paths: the read (`recv` into a reused
 //! buffer, one `bytes` per read, or straight into a `BufferedProtocol`'s
-//! buffer), `write` (sent at once, only the remainder queued, queued chunks
+//! buffer, a TLS protocol's BIO or asyncio's `StreamReader`), `write` (sent at once, only the remainder queued, queued chunks
 //! sent with one vectored send), EOF and sendfile's empty-buffer waiter; the
 //! state machine shared with the datagram transport is [`Core`]. The
 //! Python object users see is `ferroloop._stream.SocketTransport` (an
@@ -201,8 +201,8 @@ impl StreamTransportCore {
 }
 
 impl StreamTransportCore {
-    /// The TLS protocol's read: what asyncio's `get_buffer`/`recv_into`/
-    /// `buffer_updated` do, with our buffer lent to its BIO instead.
+    /// asyncio's `StreamReaderProtocol`'s read: `data_received` done in
+    /// Rust, from our buffer into its reader's.
     fn read_into_stream_reader(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
@@ -220,6 +220,8 @@ impl StreamTransportCore {
         }
     }
 
+    /// The TLS protocol's read: what asyncio's `get_buffer`/`recv_into`/
+    /// `buffer_updated` do, with our buffer lent to its BIO instead.
     fn read_into_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, SSLProtocolCore>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
