@@ -3,8 +3,9 @@
 //!
 //! `StreamTransportCore` runs the hot paths: the read (`recv` into a reused
 //! buffer, one `bytes` per read, or straight into a `BufferedProtocol`'s
-//! buffer, a TLS protocol's BIO or asyncio's `StreamReader`), `write` (sent at once, only the remainder queued, queued chunks
-//! sent with one vectored send), EOF and sendfile's empty-buffer waiter; the
+//! buffer, a TLS protocol's BIO or asyncio's `StreamReader`), `write` (sent
+//! at once, only the remainder queued, queued chunks sent with one vectored
+//! send), EOF and sendfile's empty-buffer waiter; the
 //! state machine shared with the datagram transport is [`Core`]. The
 //! Python object users see is `ferroloop._stream.SocketTransport` (an
 //! `asyncio.Transport`), which binds these methods as its own and keeps the
