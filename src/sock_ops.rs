@@ -115,14 +115,18 @@ impl SockWait {
             let mut s = self.state();
             s.op.attempt(py, self.fd, self.sock.bind(py))
         };
+        // Polled for one event at a time: ask for the next one. If the fd
+        // cannot be (it was closed meanwhile), the wait fails.
+        let attempt = match attempt {
+            Attempt::NotReady => match event_loop::rearm_fd(self.loop_.bind(py), self.fd) {
+                Ok(()) => Attempt::NotReady,
+                Err(e) => Attempt::Failed(e),
+            },
+            other => other,
+        };
         match attempt {
             Attempt::Done(v) => future.call_method1(pyo3::intern!(py, "set_result"), (v,)).map(drop),
-            // Polled for one event at a time: ask for the next one. If the
-            // fd cannot be (it was closed meanwhile), the wait fails.
-            Attempt::NotReady => match event_loop::rearm_fd(self.loop_.bind(py), self.fd) {
-                Ok(()) => Ok(()),
-                Err(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),)).map(drop),
-            },
+            Attempt::NotReady => Ok(()),
             Attempt::Failed(e) if must_propagate(py, &e) => Err(e),
             Attempt::Failed(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),)).map(drop),
         }

@@ -202,45 +202,42 @@ impl StreamTransportCore {
 }
 
 impl StreamTransportCore {
+    /// One `recv` into the shared read buffer, the bytes handed to `deliver`
+    /// while they are there; `Some` with what it returned. EOF, "not ready"
+    /// and read errors are dealt with here, as asyncio does, and give `None`.
+    fn recv_with<T>(slf: &Bound<'_, Self>, deliver: impl FnOnce(&[u8]) -> T) -> PyResult<Option<T>> {
+        let core = &slf.get().core;
+        let received = socket_io::with_read_buffer(MAX_READ, |buf| {
+            socket_io::recv(core.fd, buf).map(|n| (n > 0).then(|| deliver(&buf[..n])))
+        });
+        match received {
+            Ok(Some(delivered)) => Ok(Some(delivered)),
+            Ok(None) => Self::on_eof(slf).map(|()| None),
+            Err(e) if would_block(&e) => Ok(None),
+            Err(e) => core.fatal_error(slf.py(), os_error(e), "Fatal read error on socket transport").map(|()| None),
+        }
+    }
+
     /// asyncio's `StreamReaderProtocol`'s read: `data_received` done in
     /// Rust, from our buffer into its reader's.
     fn read_into_stream_reader(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let core = &slf.get().core;
-        let received = socket_io::with_read_buffer(MAX_READ, |buf| match socket_io::recv(core.fd, buf) {
-            Ok(0) => Ok(None),
-            Ok(n) => Ok(Some(stream_reader::data_received(protocol, &buf[..n]))),
-            Err(e) => Err(e),
-        });
-        match received {
-            Ok(Some(Ok(()))) => Ok(()),
-            Ok(Some(Err(e))) => core.fatal_error(py, e, "Fatal error: protocol.data_received() call failed."),
-            Ok(None) => Self::on_eof(slf),
-            Err(e) if would_block(&e) => Ok(()),
-            Err(e) => core.fatal_error(py, os_error(e), "Fatal read error on socket transport"),
+        match Self::recv_with(slf, |data| stream_reader::data_received(protocol, data))? {
+            Some(Err(e)) => slf.get().core.fatal_error(slf.py(), e, "Fatal error: protocol.data_received() call failed."),
+            _ => Ok(()),
         }
     }
 
     /// The TLS protocol's read: what asyncio's `get_buffer`/`recv_into`/
     /// `buffer_updated` do, with our buffer lent to its BIO instead.
     fn read_into_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, SSLProtocolCore>) -> PyResult<()> {
-        let py = slf.py();
-        let core = &slf.get().core;
-        let received = socket_io::with_read_buffer(MAX_READ, |buf| match socket_io::recv(core.fd, buf) {
-            Ok(0) => Ok(Ok(false)),
-            Ok(n) => Ok(tls.get().feed(py, &buf[..n]).map(|()| true)),
-            Err(e) => Err(e),
-        });
-        let fed = match received {
-            Ok(Ok(true)) => SSLProtocolCore::after_feed(tls),
-            Ok(Ok(false)) => return Self::on_eof(slf),
-            Ok(Err(e)) => Err(e),
-            Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => return core.fatal_error(py, os_error(e), "Fatal read error on socket transport"),
+        let fed = match Self::recv_with(slf, |data| tls.get().feed(slf.py(), data))? {
+            Some(Ok(())) => SSLProtocolCore::after_feed(tls),
+            Some(Err(e)) => Err(e),
+            None => return Ok(()),
         };
         match fed {
             Ok(()) => Ok(()),
-            Err(e) => core.fatal_error(py, e, "Fatal error: protocol.buffer_updated() call failed."),
+            Err(e) => slf.get().core.fatal_error(slf.py(), e, "Fatal error: protocol.buffer_updated() call failed."),
         }
     }
 }
@@ -317,17 +314,10 @@ super::base::transport_pymethods! {
                 None => return Ok(()),
             }
         };
-        let received = socket_io::with_read_buffer(MAX_READ, |buf| {
-            socket_io::recv(core.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
-        });
-        match received {
-            Ok(Some(data)) => match Self::deliver(py, target, lookup, data) {
-                Ok(()) => Ok(()),
-                Err(e) => core.fatal_error(py, e, "Fatal error: protocol.data_received() call failed."),
-            },
-            Ok(None) => Self::on_eof(slf),
-            Err(e) if would_block(&e) => Ok(()),
-            Err(e) => core.fatal_error(py, os_error(e), "Fatal read error on socket transport"),
+        let Some(data) = Self::recv_with(slf, |data| PyBytes::new(py, data))? else { return Ok(()) };
+        match Self::deliver(py, target, lookup, data) {
+            Ok(()) => Ok(()),
+            Err(e) => core.fatal_error(py, e, "Fatal error: protocol.data_received() call failed."),
         }
     }
 
