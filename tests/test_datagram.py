@@ -278,3 +278,47 @@ def test_queued_datagrams_flow_control_and_order(same, run_on, impl):
 
     same(scenario, normalize=header_bytes_only)
     assert ("drained", 0) in run_on(impl.new_event_loop, scenario)
+
+
+class _CountingDatagramSocket(socket.socket):
+    """A socket subclass that counts the calls of its I/O methods."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = set()
+
+    def recvfrom(self, *args):
+        self.calls.add("recvfrom")
+        return super().recvfrom(*args)
+
+    def sendto(self, *args):
+        self.calls.add("sendto")
+        return super().sendto(*args)
+
+    def send(self, *args):
+        self.calls.add("send")
+        return super().send(*args)
+
+
+@pytest.mark.parametrize("connected", [False, True])
+def test_socket_subclass_io_methods_are_called(same, connected):
+    """A socket subclass passed as sock=: asyncio's datagram transport does
+    its I/O through the socket's methods, so overrides see every call."""
+    async def scenario(loop, trace):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            ours = _CountingDatagramSocket(socket.AF_INET, socket.SOCK_DGRAM)
+            ours.bind(("127.0.0.1", 0))
+            if connected:
+                ours.connect(peer.getsockname())
+            ours.setblocking(False)
+            transport, proto = await loop.create_datagram_endpoint(lambda: Echo(trace), sock=ours)
+            peer.settimeout(5)
+            peer.sendto(b"one", ours.getsockname())
+            data, addr = await proto.got.get()
+            trace.append((data, addr == peer.getsockname()))
+            trace.append(await loop.run_in_executor(None, peer.recv, 100))
+            transport.close()
+            await proto.lost
+            trace.append(sorted(ours.calls))
+    same(scenario)

@@ -489,3 +489,66 @@ def test_transport_calls_after_the_loop_closed(same, family):
         transport._sock.close() if transport._sock is not None else None
         peer.close()
     same(scenario)
+
+
+class _CountingSocket(socket.socket):
+    """A socket subclass that counts the calls of its I/O methods, as
+    libraries that wrap sockets (websockets' tests do) rely on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = set()
+
+    def recv(self, *args):
+        self.calls.add("recv")
+        return super().recv(*args)
+
+    def recv_into(self, *args):
+        self.calls.add("recv_into")
+        return super().recv_into(*args)
+
+    def send(self, *args):
+        self.calls.add("send")
+        return super().send(*args)
+
+    def sendmsg(self, *args):
+        self.calls.add("sendmsg")
+        return super().sendmsg(*args)
+
+    def shutdown(self, how):
+        self.calls.add("shutdown")
+        return super().shutdown(how)
+
+
+class _PlainSubclass(socket.socket):
+    """A socket subclass that overrides no I/O method."""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cls", [_CountingSocket, _PlainSubclass])
+def test_socket_subclass_io_methods_are_called(same, family, cls):
+    """A socket subclass passed as sock=: asyncio's transport does its I/O
+    through the socket's methods, so overrides see every call."""
+    async def scenario(loop, trace):
+        if family == "unix":
+            a, peer = socket.socketpair()
+            ours = cls(a.family, a.type, fileno=a.detach())
+        else:
+            listener = socket.create_server(("127.0.0.1", 0))
+            ours = cls(socket.AF_INET, socket.SOCK_STREAM)
+            ours.connect(listener.getsockname())
+            peer, _ = listener.accept()
+            listener.close()
+        ours.setblocking(False)
+        peer.setblocking(False)
+        transport, proto = await loop.create_connection(lambda: Recorder(trace), sock=ours)
+        await loop.sock_sendall(peer, b"ping" * 1000)
+        while len(proto.data) < 4000:
+            await asyncio.sleep(0.01)
+        transport.write(b"pong" * 100_000)
+        transport.write_eof()
+        trace.append(len(await _read_all(loop, peer)))
+        peer.close()
+        await proto.lost
+        trace.append(sorted(getattr(ours, "calls", ())))
+    same(scenario)

@@ -631,3 +631,40 @@ def test_tls_over_tls(same):
         await srv.wait_closed()
 
     assert ("inner data", True) in same(scenario)
+
+
+class _CountingSocket(socket.socket):
+    """A socket subclass whose recv_into/send overrides count their calls."""
+
+    calls = 0
+
+    def recv_into(self, *args):
+        self.calls += 1
+        return super().recv_into(*args)
+
+    def send(self, *args):
+        self.calls += 1
+        return super().send(*args)
+
+
+def test_tls_over_socket_subclass_calls_its_methods(same):
+    """TLS over a sock= whose class overrides its I/O methods: asyncio's
+    transport underneath calls them, and the records get through intact."""
+    async def scenario(loop, trace):
+        srv = await loop.create_server(lambda: Recorder(trace, "server", echo=True),
+                                       "127.0.0.1", 0, ssl=server_context())
+        sock = _CountingSocket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.connect(srv.sockets[0].getsockname())
+        sock.setblocking(False)
+        tr, client = await loop.create_connection(lambda: Recorder(trace, "client"), sock=sock,
+                                                  ssl=client_context(), server_hostname="")
+        payload = bytes(range(256)) * 1000
+        tr.write(payload)
+        while len(client.data) < len(payload):
+            await asyncio.sleep(0.001)
+        trace.append(("echoed", bytes(client.data) == payload, sock.calls > 0))
+        tr.close()
+        await client.lost
+        srv.close()
+        await srv.wait_closed()
+    same(scenario)

@@ -4,10 +4,13 @@
 `RustTransport` (_transport.py)."""
 
 import sys
-from asyncio import futures, transports
+from asyncio import futures, selector_events, transports
 
 from ._ferroloop import DatagramTransportCore
-from ._transport import CORE_METHODS, RustTransport
+from ._transport import CORE_METHODS, RustTransport, overrides_socket_io
+
+# The socket methods asyncio's datagram transport does its I/O with.
+_SOCKET_IO = ("recvfrom", "send", "sendto")
 
 # As asyncio's, version for version: a DatagramTransport from 3.12; reading
 # can be paused from 3.11; 3.13 sends empty datagrams and counts 8 header
@@ -37,4 +40,6 @@ class DatagramTransport(*_BASES):
 
 
 def make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+    if overrides_socket_io(sock, _SOCKET_IO):
+        return selector_events._SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
     return DatagramTransport(self, sock, protocol, address, waiter, extra)

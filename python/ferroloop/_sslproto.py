@@ -10,7 +10,7 @@ import sys
 from asyncio import base_events, sslproto, unix_events
 
 from ._ferroloop import SSLProtocolCore
-from ._stream import SocketTransport
+from ._stream import make_socket_transport
 
 ssl = sslproto.ssl  # None if the interpreter has no ssl module
 
@@ -102,5 +102,5 @@ def make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
     """The TLS transport of a new connection: SSLProtocol over a socket transport."""
     ssl_protocol = SSLProtocol(self, protocol, sslcontext, waiter,
                                server_side, server_hostname, **timeouts)
-    SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+    make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
     return ssl_protocol._app_transport

@@ -4,10 +4,13 @@ transports share is `RustTransport` (_transport.py)."""
 
 import inspect
 import sys
-from asyncio import base_events, constants, futures
+from asyncio import base_events, constants, futures, selector_events
 
 from ._ferroloop import StreamTransportCore
-from ._transport import CORE_METHODS, RustTransport
+from ._transport import CORE_METHODS, RustTransport, overrides_socket_io
+
+# The socket methods asyncio's stream transport does its I/O with.
+_SOCKET_IO = ("recv", "recv_into", "send", "sendmsg", "shutdown")
 
 # 3.13's Server tracks its clients: _attach(transport)/_detach(transport).
 _SERVER_TRACKS_CLIENTS = "transport" in inspect.signature(base_events.Server._attach).parameters
@@ -57,4 +60,6 @@ class SocketTransport(RustTransport):
 
 
 def make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+    if overrides_socket_io(sock, _SOCKET_IO):
+        return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
     return SocketTransport(self, sock, protocol, waiter, extra, server)

@@ -7,7 +7,9 @@ running the hot paths, plus a Python object that protocols see: an
 keeps the cold parts, written as asyncio's `_SelectorTransport` writes
 them: extra info, repr, the end of the connection, error reports."""
 
+import socket
 import warnings
+import weakref
 from asyncio import transports, trsock
 from asyncio.log import logger
 
@@ -16,6 +18,23 @@ CORE_METHODS = (
     "close", "abort", "is_closing", "get_write_buffer_size",
     "get_protocol", "set_protocol", "_force_close", "_read_ready", "_write_ready",
 )
+
+
+_overriding_classes = weakref.WeakKeyDictionary()
+
+
+def overrides_socket_io(sock, names):
+    """Whether `sock` is of a socket subclass that overrides any of the
+    methods `names`. asyncio's transports do their I/O through those methods
+    and the Rust cores through the fd, so such a socket gets asyncio's own
+    transport, which calls the overrides."""
+    cls = type(sock)
+    if cls is socket.socket:
+        return False
+    per_class = _overriding_classes.setdefault(cls, {})
+    if names not in per_class:
+        per_class[names] = any(getattr(cls, n, None) is not getattr(socket.socket, n) for n in names)
+    return per_class[names]
 
 
 def _delegate(name):
