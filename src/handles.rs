@@ -354,14 +354,25 @@ impl Handle {
 /// A handle scheduled for a deadline on the loop's clock.
 #[pyclass(module = "ferroloop", frozen, extends = Handle, freelist = 4096)]
 pub struct TimerHandle {
+    /// The deadline the heap orders by.
     when: f64,
+    /// The deadline as given when it was not a float (`call_at(int)`):
+    /// asyncio's `when()` returns the value it was given.
+    when_obj: Option<Py<PyAny>>,
     /// True while the timer sits in the loop's heap (asyncio's `_scheduled`).
     scheduled: AtomicBool,
 }
 
 impl TimerHandle {
-    pub fn new(when: f64) -> Self {
-        TimerHandle { when, scheduled: AtomicBool::new(true) }
+    pub fn new(when: f64, when_obj: Option<Py<PyAny>>) -> Self {
+        TimerHandle { when, when_obj, scheduled: AtomicBool::new(true) }
+    }
+
+    fn when_value(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.when_obj {
+            Some(obj) => obj.clone_ref(py),
+            None => PyFloat::new(py, self.when).into_any().unbind(),
+        }
     }
 
     #[inline]
@@ -376,13 +387,13 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_value(py)
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_value(py)
     }
 
     #[getter]
@@ -399,7 +410,7 @@ impl TimerHandle {
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        PyFloat::new(py, self.when).hash()
+        self.when_value(py).bind(py).hash()
     }
 
     fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {

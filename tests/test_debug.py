@@ -26,6 +26,19 @@ def test_debug_default_off_and_toggle(same):
     assert same(scenario) == [False, True, False, 0.1, 0.25]
 
 
+def test_set_debug_takes_any_truth_value(same):
+    """asyncio stores what set_debug gets (aiohttp's tests pass 0/1):
+    get_debug() returns it and its truth switches debug mode."""
+    def scenario(loop, trace):
+        for value in (1, 0, "yes", None):
+            loop.set_debug(value)
+            handle = loop.call_soon(lambda: None)
+            trace.append((repr(loop.get_debug()), repr(loop._debug), handle._source_traceback is not None))
+            handle.cancel()
+
+    same(scenario)
+
+
 def test_new_loop_debug_default_false(impl):
     lp = impl.new_event_loop()
     try:

@@ -509,3 +509,77 @@ def test_call_later_delay_none_rejected(same):
         trace.append(outcome(loop.call_later, "x", print)[0])
 
     assert same(scenario)[1] == "TypeError"
+
+
+# ---------------------------------------------------------------- the clock
+
+def test_call_at_keeps_the_deadline_as_given(same):
+    """asyncio keeps `when` as passed: an int deadline stays an int in
+    when()/_when and hashes like it; int and float deadlines interleave."""
+    def scenario(loop, trace):
+        now = int(loop.time())
+        handles = [loop.call_at(now + 2, trace.append, "int+2"),
+                   loop.call_at(now + 1.5, trace.append, "float+1.5"),
+                   loop.call_at(now + 1, trace.append, "int+1"),
+                   loop.call_at(float(now + 1), trace.append, "float+1")]
+        trace.append([(type(h.when()).__name__, h.when() - now, type(h._when).__name__) for h in handles])
+        trace.append(hash(handles[0]) == hash(now + 2))
+        trace.append(type(loop.call_later(1, lambda: None).when()).__name__)
+        loop.call_at(now + 2.5, loop.stop)
+        loop.run_forever()
+    same(scenario)
+
+
+def test_replaced_time_drives_the_scheduler(same):
+    """mock.patch.object(loop, "time") moves the loop's clock (aiohttp's
+    tests jump time this way): call_later counts from it and due timers run;
+    once the patch is undone the real clock is back."""
+    from unittest import mock
+
+    async def scenario(loop, trace):
+        now = loop.time()
+        with mock.patch.object(loop, "time") as fake:
+            fake.return_value = now
+            # (jumps stay below the harness's 20 s wait_for deadline)
+            late = loop.call_at(now + 5, trace.append, "at+5")
+            later = loop.call_later(8, trace.append, "later+8")
+            trace.append(later.when() == now + 8)
+            fake.return_value = now + 6
+            for _ in range(3):
+                await asyncio.sleep(0)
+            trace.append(("after jump", late.cancelled()))
+            fake.return_value = 7  # an int clock
+            trace.append(type(loop.call_later(1, lambda: None).when()).__name__)
+        later.cancel()
+        t0 = loop.time()
+        await asyncio.sleep(0.01)
+        trace.append(0.005 < loop.time() - t0 < 5)
+    same(scenario)
+
+
+def test_loop_subclass_with_its_own_clock(factories):
+    """A loop subclass whose time() runs ahead: timers are due on its clock."""
+    results = {}
+    for name, factory in factories.items():
+        probe = factory()
+        base = type(probe)
+        probe.close()
+
+        class AheadLoop(base):
+            def time(self):
+                return super().time() + self.offset
+
+        loop = AheadLoop()
+        loop.offset = 0.0
+        fired = []
+        try:
+            loop.call_later(3600, fired.append, "hour")
+            loop.offset = 7200.0
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+        finally:
+            loop.close()
+        results[name] = fired
+    assert results["ferroloop"] == results["asyncio"] == ["hour"]

@@ -134,6 +134,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
 
     def __init__(self):
         super().__init__()
+        self._refresh_time_source()  # a subclass may define its own time()
         self._exception_handler = None
         self._default_executor = None
         self._executor_shutdown_called = False

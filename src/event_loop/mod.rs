@@ -5,11 +5,13 @@
 //! its arguments the way asyncio does and calls into
 //! - [`scheduling`]: `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`, `create_task`,
 //! - [`run`]: one iteration of the loop (`_run_once`),
-//! - [`fd_callbacks`]: `add_reader`/`add_writer` and their removal.
+//! - [`fd_callbacks`]: `add_reader`/`add_writer` and their removal,
+//! - [`time_source`]: the clock the scheduler reads (`self.time()` when replaced).
 
 mod fd_callbacks;
 mod run;
 mod scheduling;
+mod time_source;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -20,7 +22,7 @@ use mio::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyBool, PyString, PyTuple};
 
 use crate::clock;
 use crate::handles::{Handle, LoopShared, TimerHandle};
@@ -93,12 +95,26 @@ pub struct LoopCore {
     /// Python 3.11+: rejects `None` delays/deadlines with its own message,
     /// and tasks take a `context`.
     py311_plus: bool,
+    /// `time` is replaced on the instance or the class: the scheduler calls
+    /// it instead of reading the clock (see `time_source`).
+    python_time: AtomicBool,
+    /// What `set_debug` was given when it was not a bool (asyncio keeps the
+    /// value and `get_debug()` returns it); the flag itself is in `shared`.
+    debug_value: Mutex<Option<Py<PyAny>>>,
 }
 
 impl LoopCore {
     #[inline]
     pub fn debug(&self) -> bool {
         self.shared.debug.load(Ordering::Relaxed)
+    }
+
+    /// `self._debug` as set: the bool, or the object `set_debug` was given.
+    fn debug_value(&self, py: Python<'_>) -> Py<PyAny> {
+        match lock(&self.debug_value).as_ref() {
+            Some(value) => value.clone_ref(py),
+            None => PyBool::new(py, self.debug()).to_owned().into_any().unbind(),
+        }
     }
 
     #[inline]
@@ -165,7 +181,37 @@ impl LoopCore {
             task_factory: Mutex::new(None),
             clock_resolution: clock::resolution(),
             py311_plus: py.version_info() >= (3, 11),
+            python_time: AtomicBool::new(false),
+            debug_value: Mutex::new(None),
         })
+    }
+
+    /// Called once by `Loop.__init__`: a subclass may have its own `time`.
+    fn _refresh_time_source(slf: &Bound<'_, Self>) -> PyResult<()> {
+        time_source::refresh(slf, false)
+    }
+
+    fn __setattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        // SAFETY: plain attribute assignment on a live object; both
+        // pointers are borrowed for the duration of the call.
+        if unsafe { pyo3::ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), value.as_ptr()) } < 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        if time_source::is_time_attr(name) {
+            time_source::refresh(slf, true)?;
+        }
+        Ok(())
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>) -> PyResult<()> {
+        // SAFETY: as in __setattr__; a NULL value means deletion.
+        if unsafe { pyo3::ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), std::ptr::null_mut()) } < 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        if time_source::is_time_attr(name) {
+            time_source::refresh(slf, false)?;
+        }
+        Ok(())
     }
 
     // ----- clock and state -------------------------------------------------
@@ -174,8 +220,8 @@ impl LoopCore {
         clock::monotonic()
     }
 
-    fn get_debug(&self) -> bool {
-        self.debug()
+    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        self.debug_value(py)
     }
 
     fn is_running(&self) -> bool {
@@ -195,13 +241,18 @@ impl LoopCore {
     }
 
     #[getter(_debug)]
-    fn attr_debug(&self) -> bool {
-        self.debug()
+    fn attr_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        self.debug_value(py)
     }
 
     #[setter(_debug)]
-    fn set_attr_debug(&self, enabled: bool) {
-        self.shared.debug.store(enabled, Ordering::Relaxed);
+    fn set_attr_debug(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        let flag = enabled.is_truthy()?;
+        let value = (!enabled.is_exact_instance_of::<PyBool>()).then(|| enabled.clone().unbind());
+        let previous = std::mem::replace(&mut *lock(&self.debug_value), value);
+        self.shared.debug.store(flag, Ordering::Relaxed);
+        drop(previous);
+        Ok(())
     }
 
     #[getter(_closed)]
@@ -435,7 +486,7 @@ impl LoopCore {
         if let Ok(f) = self.fds.try_lock() {
             f.traverse(&visit)?;
         }
-        for held in [&self.current_handle, &self.task_factory] {
+        for held in [&self.current_handle, &self.task_factory, &self.debug_value] {
             if let Ok(h) = held.try_lock() {
                 if let Some(h) = h.as_ref() {
                     visit.call(h)?;
@@ -449,7 +500,8 @@ impl LoopCore {
         let taken = self.sched.try_lock().ok().map(|mut s| s.take_all());
         let fds = self.fds.try_lock().ok().map(|mut f| f.take_all());
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
-        drop((taken, fds, factory));
+        let debug_value = self.debug_value.try_lock().ok().and_then(|mut d| d.take());
+        drop((taken, fds, factory, debug_value));
     }
 }
 

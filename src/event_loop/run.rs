@@ -10,7 +10,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use super::{fd_callbacks, lock, LoopCore, Ready};
+use super::{fd_callbacks, lock, time_source, LoopCore, Ready};
 use crate::clock;
 use crate::handles::Handle;
 use crate::poller::{Poller, Readiness};
@@ -61,7 +61,7 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, state: &mut RunState)
     let core = slf.get();
     let RunState { events, batch, last_poll } = state;
 
-    let timeout = prune_and_compute_timeout(py, core);
+    let timeout = prune_and_compute_timeout(slf)?;
 
     events.clear();
     let polled = if timeout == Some(Duration::ZERO) {
@@ -95,13 +95,16 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, state: &mut RunState)
         fd_callbacks::dispatch(slf, events)?;
     }
 
-    queue_due_timers(py, core);
+    queue_due_timers(slf)?;
     run_ready(slf, batch)
 }
 
 /// Drop cancelled timers (all of them when they are the majority, else those
 /// at the head) and work out how long poll may block.
-fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration> {
+fn prune_and_compute_timeout(slf: &Bound<'_, LoopCore>) -> PyResult<Option<Duration>> {
+    let (py, core) = (slf.py(), slf.get());
+    // Read before taking the lock, as a replaced `time` runs Python code.
+    let python_now = if core.python_time.load(Ordering::Relaxed) { Some(time_source::now(slf)?) } else { None };
     let cancelled = core.shared.timer_cancelled_count.load(Ordering::Relaxed);
     let mut pruned = Vec::new();
     let mut s = lock(&core.sched);
@@ -123,7 +126,7 @@ fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration
     } else if let Some(first) = s.timers.peek() {
         // min(max(0, when - now), MAX) with Python's comparison semantics,
         // so a NaN deadline gives 0 instead of a panic.
-        let wait = first.when - clock::monotonic();
+        let wait = first.when - python_now.unwrap_or_else(clock::monotonic);
         let secs = if wait > 0.0 { wait } else { 0.0 };
         let secs = if MAXIMUM_SELECT_TIMEOUT < secs { MAXIMUM_SELECT_TIMEOUT } else { secs };
         Some(Duration::from_secs_f64(secs))
@@ -135,13 +138,14 @@ fn prune_and_compute_timeout(py: Python<'_>, core: &LoopCore) -> Option<Duration
     drop(s);
     // Released only now that no lock is held: finalizers may run Python code.
     drop(pruned);
-    timeout
+    Ok(timeout)
 }
 
 /// Move the timers whose deadline has come (within the clock's resolution)
 /// to the ready queue.
-fn queue_due_timers(py: Python<'_>, core: &LoopCore) {
-    let end_time = clock::monotonic() + core.clock_resolution;
+fn queue_due_timers(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let (py, core) = (slf.py(), slf.get());
+    let end_time = time_source::now(slf)? + core.clock_resolution;
     let mut s = lock(&core.sched);
     // `if handle._when >= end_time: break`, NaN deadlines included.
     while s.timers.peek().is_some_and(|e| !(e.when >= end_time)) {
@@ -150,6 +154,7 @@ fn queue_due_timers(py: Python<'_>, core: &LoopCore) {
         let handle = entry.item.into_bound(py).into_super().unbind();
         s.ready.push_back(Ready::Native(handle));
     }
+    Ok(())
 }
 
 /// Run the callbacks that are ready now; those they schedule wait for the
@@ -220,9 +225,9 @@ fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, PyAny>) -> PyResult<(
     let core = slf.get();
     let previous = lock(&core.current_handle).replace(handle.clone().unbind());
     drop(previous);
-    let t0 = clock::monotonic();
+    let t0 = time_source::now(slf)?;
     let result = run_handle(handle, false).and_then(|()| {
-        let dt = clock::monotonic() - t0;
+        let dt = time_source::now(slf)? - t0;
         if dt >= f64::from_bits(core.slow_callback_duration.load(Ordering::Relaxed)) {
             pyhelpers::warn_slow_callback(slf.py(), handle, dt)?;
         }

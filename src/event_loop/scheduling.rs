@@ -13,8 +13,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyString, PyTuple};
 use pyo3::{Borrowed, PyClassInitializer};
 
-use super::{lock, reject_none, LoopCore, Ready};
-use crate::clock;
+use super::{lock, reject_none, time_source, LoopCore, Ready};
 use crate::handles::{untrack, Callback, Handle, TimerHandle};
 use crate::pyhelpers;
 
@@ -237,29 +236,28 @@ fn is_context_only(names: Borrowed<'_, '_, PyTuple>) -> bool {
 
 pub fn call_later(slf: &Bound<'_, LoopCore>, delay: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
     reject_none(slf.get(), &delay, "delay must not be None")?;
-    let now = clock::monotonic();
-    let when = match delay.extract::<f64>() {
-        Ok(d) => now + d,
-        // Let Python raise exactly what `loop.time() + delay` raises.
-        Err(_) => PyFloat::new(slf.py(), now).add(&delay)?.extract()?,
-    };
+    let (when, when_obj) = time_source::after(slf, &delay)?;
     // asyncio's call_later goes through call_at, whose name its checks report.
-    schedule_at(slf, when, callback, args, context)
+    schedule_at(slf, when, when_obj, callback, args, context)
 }
 
 pub fn call_at(slf: &Bound<'_, LoopCore>, when: Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
     reject_none(slf.get(), &when, "when cannot be None")?;
-    schedule_at(slf, when.extract()?, callback, args, context)
+    let value = when.extract()?;
+    // asyncio keeps the deadline as given (an int stays an int in `when()`).
+    let when_obj = (!when.is_exact_instance_of::<PyFloat>()).then_some(when);
+    schedule_at(slf, value, when_obj, callback, args, context)
 }
 
-fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, when_obj: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let core = slf.get();
     core.check_closed()?;
     if core.debug() {
         LoopCore::debug_checks(slf, &callback, "call_at", true)?;
     }
-    let init = PyClassInitializer::from(make_handle(slf, callback, args, context, true)?).add_subclass(TimerHandle::new(when));
+    let timer = TimerHandle::new(when, when_obj.map(Bound::unbind));
+    let init = PyClassInitializer::from(make_handle(slf, callback, args, context, true)?).add_subclass(timer);
     let timer = Py::new(py, init)?;
     untrack(&timer);
     lock(&core.sched).timers.push(when, timer.clone_ref(py));
