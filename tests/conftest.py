@@ -33,6 +33,7 @@ import faulthandler
 import importlib
 import inspect
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -168,6 +169,25 @@ def exc_outcome(fn, *args, **kwargs):
     """Like outcome but the result of a successful call is dropped."""
     r = outcome(fn, *args, **kwargs)
     return ("ok",) if r[0] == "ok" else r
+
+
+def counting_socket_class(*methods):
+    """A socket.socket subclass whose instances record in ``self.calls`` the
+    names of ``methods`` called on them (each override calls the original)."""
+    def override(name):
+        def method(self, *args):
+            self.calls.add(name)
+            return getattr(socket.socket, name)(self, *args)
+        method.__name__ = name
+        return method
+
+    def __init__(self, *args, **kwargs):
+        socket.socket.__init__(self, *args, **kwargs)
+        self.calls = set()
+
+    namespace = {name: override(name) for name in methods}
+    namespace["__init__"] = __init__
+    return type("CountingSocket", (socket.socket,), namespace)
 
 
 def child_env(**extra):

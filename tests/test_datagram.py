@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import capture_log, outcome
+from conftest import capture_log, counting_socket_class, outcome
 
 
 class Collect(asyncio.DatagramProtocol):
@@ -280,24 +280,8 @@ def test_queued_datagrams_flow_control_and_order(same, run_on, impl):
     assert ("drained", 0) in run_on(impl.new_event_loop, scenario)
 
 
-class _CountingDatagramSocket(socket.socket):
-    """A socket subclass that counts the calls of its I/O methods."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = set()
-
-    def recvfrom(self, *args):
-        self.calls.add("recvfrom")
-        return super().recvfrom(*args)
-
-    def sendto(self, *args):
-        self.calls.add("sendto")
-        return super().sendto(*args)
-
-    def send(self, *args):
-        self.calls.add("send")
-        return super().send(*args)
+# Overrides of the methods asyncio's datagram transport does its I/O with.
+_CountingDatagramSocket = counting_socket_class("recvfrom", "sendto", "send")
 
 
 @pytest.mark.parametrize("connected", [False, True])

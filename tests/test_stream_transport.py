@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from conftest import capture_log, outcome
+from conftest import capture_log, counting_socket_class, outcome
 
 FAMILIES = ["tcp", "unix"]
 
@@ -491,33 +491,8 @@ def test_transport_calls_after_the_loop_closed(same, family):
     same(scenario)
 
 
-class _CountingSocket(socket.socket):
-    """A socket subclass that counts the calls of its I/O methods, as
-    libraries that wrap sockets (websockets' tests do) rely on."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = set()
-
-    def recv(self, *args):
-        self.calls.add("recv")
-        return super().recv(*args)
-
-    def recv_into(self, *args):
-        self.calls.add("recv_into")
-        return super().recv_into(*args)
-
-    def send(self, *args):
-        self.calls.add("send")
-        return super().send(*args)
-
-    def sendmsg(self, *args):
-        self.calls.add("sendmsg")
-        return super().sendmsg(*args)
-
-    def shutdown(self, how):
-        self.calls.add("shutdown")
-        return super().shutdown(how)
+# Overrides of the methods asyncio's stream transport does its I/O with.
+_CountingSocket = counting_socket_class("recv", "recv_into", "send", "sendmsg", "shutdown")
 
 
 class _PlainSubclass(socket.socket):
