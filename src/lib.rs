@@ -33,6 +33,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::pipe::write::WritePipeCore>()?;
     m.add_class::<tls::protocol::SSLProtocolCore>()?;
     m.add_class::<sock_ops::SockWait>()?;
+    sock_ops::init(m.py())?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;

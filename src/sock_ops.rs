@@ -203,12 +203,21 @@ fn ensure_no_transport(lp: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// Take `socket.socket` when the module is imported: tests replace it with
+/// a factory function for a while, and the fast path would stay off.
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    socket_type(py).map(drop)
+}
+
+fn socket_type(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    SOCKET_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind()))
+}
+
 /// A plain `socket.socket` (not a subclass such as SSLSocket, whose
 /// methods asyncio's own code must call) on a loop not in debug mode.
 fn fast_path(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = lp.py();
-    let socket_type = SOCKET_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind()))?;
-    Ok(!lp.get().debug() && sock.get_type().is(socket_type.bind(py)))
+    Ok(!lp.get().debug() && sock.get_type().is(socket_type(py)?.bind(py)))
 }
 
 /// The standard loop's coroutine, for what the fast path does not take.

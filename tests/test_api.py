@@ -370,6 +370,30 @@ def test_sleep_accuracy(loop):
     assert 0.045 <= dt < 0.5
 
 
+def test_patched_base_loop_methods_are_seen(same):
+    """Libraries' tests patch the standard loop's classes (asyncssh patches
+    asyncio.BaseEventLoop.create_connection); the methods ferroloop takes
+    from the standard loop are looked up there at each access, so the patch
+    reaches it as it reaches the standard loop."""
+    from unittest import mock
+
+    async def fake_create_connection(self, *args, **kwargs):
+        return ("patched", type(self).__name__ == type(loop_seen[0]).__name__)
+
+    loop_seen = []
+
+    async def scenario(loop, trace):
+        loop_seen[:] = [loop]
+        with mock.patch("asyncio.BaseEventLoop.create_connection", fake_create_connection):
+            trace.append(await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1))
+        trace.append(asyncio.iscoroutinefunction(loop.create_connection))
+        with mock.patch.object(asyncio.BaseEventLoop, "default_exception_handler") as handler:
+            loop.call_exception_handler({"message": "seen"})
+            trace.append(handler.call_args.args[-1])
+        trace.append(type(await loop.getnameinfo(("127.0.0.1", 80), 0)).__name__)
+    same(scenario)
+
+
 def test_every_reused_standard_method_exists(impl):
     # ferroloop.Loop copies the standard loop's methods by name; a name that
     # is missing is a typo, or an API this Python does not have (3.10 has

@@ -527,3 +527,25 @@ def test_socket_subclass_io_methods_are_called(same, family, cls):
         await proto.lost
         trace.append(sorted(getattr(ours, "calls", ())))
     same(scenario)
+
+
+def test_connect_while_socket_class_is_patched(same):
+    """asyncssh's tests replace socket.socket with a factory function while
+    connecting; the transports still get made (and as asyncio makes them)."""
+    from unittest import mock
+
+    real_socket = socket.socket
+
+    def socket_factory(*args, **kwargs):
+        return real_socket(*args, **kwargs)
+
+    async def scenario(loop, trace):
+        server = await asyncio.start_server(lambda r, w: w.write(b"hi") or w.close(), "127.0.0.1", 0)
+        with mock.patch("socket.socket", socket_factory):
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            trace.append(await reader.read())
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    same(scenario)

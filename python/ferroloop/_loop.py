@@ -32,14 +32,30 @@ from ._subprocess import close_pidfds, make_subprocess_transport
 _STANDARD_LOOP = unix_events._UnixSelectorEventLoop
 
 
+class _Inherited:
+    """A method of the standard loop, looked up on it at each access as
+    inheritance would do: a patch of, say, `asyncio.BaseEventLoop.
+    create_connection` (libraries' tests do this) reaches ferroloop too."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        method = getattr(_STANDARD_LOOP, self.name)
+        bind = getattr(type(method), "__get__", None)
+        return method if obj is None or bind is None else bind(method, obj, objtype)
+
+
 def _reuse(*names):
-    """Copy the named methods of the standard loop onto ours (those this
+    """Give our class the named methods of the standard loop (those this
     Python version has; the others are listed in `_NOT_IN_THIS_PYTHON`)."""
     def decorate(target):
         target._NOT_IN_THIS_PYTHON = frozenset(n for n in names if not hasattr(_STANDARD_LOOP, n))
         for name in names:
             if name not in target._NOT_IN_THIS_PYTHON:
-                setattr(target, name, getattr(_STANDARD_LOOP, name))
+                setattr(target, name, _Inherited(name))
         return target
     return decorate
 
@@ -124,7 +140,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     _make_write_pipe_transport = make_write_pipe_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
-    _create_task_fallback = _STANDARD_LOOP.create_task
+    _create_task_fallback = _Inherited("create_task")
 
     @property
     def _selector(self):

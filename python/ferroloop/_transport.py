@@ -21,6 +21,8 @@ CORE_METHODS = (
 
 
 _overriding_classes = weakref.WeakKeyDictionary()
+# Taken now: tests replace socket.socket with a factory function meanwhile.
+_SOCKET = socket.socket
 
 
 def overrides_socket_io(sock, names):
@@ -29,11 +31,11 @@ def overrides_socket_io(sock, names):
     and the Rust cores through the fd, so such a socket gets asyncio's own
     transport, which calls the overrides."""
     cls = type(sock)
-    if cls is socket.socket:
+    if cls is _SOCKET:
         return False
     per_class = _overriding_classes.setdefault(cls, {})
     if names not in per_class:
-        per_class[names] = any(getattr(cls, n, None) is not getattr(socket.socket, n) for n in names)
+        per_class[names] = any(getattr(cls, n, None) is not getattr(_SOCKET, n) for n in names)
     return per_class[names]
 
 
