@@ -87,7 +87,7 @@ struct State {
 /// in one GIL switch interval (some 15-30k handles in the default 5 ms): a
 /// handle it cannot serve costs a malloc and counts towards the next cycle
 /// collection, which made the producer thread of that benchmark ~25% slower.
-#[pyclass(module = "ferroloop", frozen, subclass, freelist = 32768)]
+#[pyclass(module = "ferroloop", frozen, subclass, weakref, freelist = 32768)]
 pub struct Handle {
     state: Mutex<State>,
     shared: Arc<LoopShared>,
@@ -230,7 +230,7 @@ impl Handle {
     fn recycle(&self, slf: &Bound<'_, PyAny>) {
         // SAFETY: `slf` is alive; reading a reference count has no other precondition.
         let only_reference = unsafe { ffi::Py_REFCNT(slf.as_ptr()) } == 1;
-        if !only_reference || self.is_cancelled() || self.source_traceback.is_some() {
+        if !only_reference || self.is_cancelled() || self.source_traceback.is_some() || has_weakrefs(slf) {
             return;
         }
         let Ok(handle) = slf.cast_exact::<Handle>() else { return };
@@ -249,6 +249,19 @@ impl Handle {
             let context = std::mem::replace(&mut self.state().context, slf.py().None());
             drop(context.into_bound(slf.py()));
         }
+    }
+}
+
+/// Whether a weak reference to `handle` is alive: then it must die with
+/// this handle, which is not recycled.
+fn has_weakrefs(handle: &Bound<'_, PyAny>) -> bool {
+    let obj = handle.as_ptr();
+    // SAFETY: `handle` is alive and of a `weakref` class, so its type's
+    // tp_weaklistoffset is the offset of the slot holding the head of its
+    // weak-reference list (NULL when there is none); we only read it.
+    unsafe {
+        let offset = (*ffi::Py_TYPE(obj)).tp_weaklistoffset;
+        offset > 0 && !(*obj.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null()
     }
 }
 

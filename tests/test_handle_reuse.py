@@ -69,13 +69,25 @@ def scenario(new_loop):
     loop.call_soon(lambda: None, context=c); del c
     loop.call_soon(loop.stop); loop.run_forever()
     loop.call_soon(loop.stop); loop.run_forever()
-    # 7. _loop and get_context of handles after a loop switch
+    # 7. a handle with a live weak reference is not reused: the reference
+    # dies (its callback runs) when the handle goes, not later
+    weak_box = {}
+    h = loop.call_soon(lambda: None)
+    weak_box["ref"] = weakref.ref(h, lambda r: out.append("weakref callback"))
+    del h
+    loop.call_soon(loop.stop); loop.run_forever()
+    out.append(("weakref dead after run", weak_box["ref"]() is None))
+    fresh = [loop.call_soon(lambda: None) for _ in range(3)]
+    out.append(("weakref still dead", weak_box["ref"]() is None, weak_box["ref"]() in fresh))
+    loop.call_soon(loop.stop); loop.run_forever()
+    del fresh
+    # 8. _loop and get_context of handles after a loop switch
     loop.close()
     loop2 = new_loop()
     h = loop2.call_soon(lambda: None)
     out.append(("loop2", h._loop is loop2))
     loop2.call_soon(loop2.stop); loop2.run_forever()
-    # 8. debug toggled while handles are queued
+    # 9. debug toggled while handles are queued
     loop2.set_debug(True)
     hd = loop2.call_soon(lambda: None); del hd
     loop2.set_debug(False)
@@ -83,7 +95,7 @@ def scenario(new_loop):
     h = loop2.call_soon(lambda: None)
     out.append(("tb after debug", h._source_traceback is None))
     loop2.call_soon(loop2.stop); loop2.run_forever()
-    # 9. an exception in a callback, then reuse
+    # 10. an exception in a callback, then reuse
     loop2.set_exception_handler(lambda l, c: out.append(("handler", str(c["exception"]))))
     loop2.call_soon(lambda: 1/0)
     loop2.call_soon(loop2.stop); loop2.run_forever()

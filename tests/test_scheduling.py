@@ -132,6 +132,32 @@ def test_timerhandle_when(loop):
     t2.cancel()
 
 
+def test_handles_are_weakly_referenceable(same):
+    """asyncio's handles take weak references (uvloop's tests keep them in
+    a WeakValueDictionary); a reference dies with its handle."""
+    import weakref
+
+    def scenario(loop, trace):
+        refs = weakref.WeakValueDictionary()
+        makers = {"call_soon": lambda: loop.call_soon(trace.append, "soon"),
+                  "call_soon_threadsafe": lambda: loop.call_soon_threadsafe(trace.append, "threadsafe"),
+                  "call_later": lambda: loop.call_later(0, trace.append, "later"),
+                  "call_at": lambda: loop.call_at(loop.time(), trace.append, "at")}
+        for name, make in makers.items():
+            handle = make()
+            refs[name] = handle
+            trace.append((name, refs[name] is handle))
+            del handle
+        kept = loop.call_later(3600, trace.append, "kept")
+        refs["kept"] = kept
+        for _ in range(3):
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+        trace.append(sorted(refs.keys()))
+        kept.cancel()
+    same(scenario)
+
+
 def test_handle_cancel_api(loop):
     h = loop.call_soon(lambda: None)
     assert h.cancelled() is False
