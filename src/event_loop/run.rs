@@ -225,8 +225,9 @@ fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, PyAny>) -> PyResult<(
     let core = slf.get();
     let previous = lock(&core.current_handle).replace(handle.clone().unbind());
     drop(previous);
-    let t0 = time_source::now(slf)?;
-    let result = run_handle(handle, false).and_then(|()| {
+    // (a replaced `time` that raises still gets the cleanup below)
+    let result = time_source::now(slf).and_then(|t0| {
+        run_handle(handle, false)?;
         let dt = time_source::now(slf)? - t0;
         if dt >= f64::from_bits(core.slow_callback_duration.load(Ordering::Relaxed)) {
             pyhelpers::warn_slow_callback(slf.py(), handle, dt)?;
