@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import socket
+import sys
 import warnings
 
 import pytest
@@ -548,4 +549,28 @@ def test_connect_while_socket_class_is_patched(same):
             await writer.wait_closed()
         server.close()
         await server.wait_closed()
+    same(scenario)
+
+
+def test_unix_server_close_runs_asyncios_cleanup(same, tmp_path):
+    """Closing a Unix server: from 3.13 asyncio removes the socket file it
+    made, from its own `_stop_serving` (aiohttp's tests allow-list that
+    frame for the blocking os.stat); ferroloop runs that same code."""
+    from unittest import mock
+
+    async def scenario(loop, trace):
+        path = str(tmp_path / f"s{len(os.listdir(tmp_path))}.sock")
+        server = await asyncio.start_unix_server(lambda r, w: w.close(), path)
+        callers = []
+        real_stat = os.stat
+
+        def spy(*args, **kwargs):
+            code = sys._getframe(1).f_code
+            callers.append((os.path.basename(code.co_filename), code.co_name))
+            return real_stat(*args, **kwargs)
+
+        with mock.patch("os.stat", spy):
+            server.close()
+            await server.wait_closed()
+        trace.append((callers, os.path.exists(path)))
     same(scenario)

@@ -7,11 +7,11 @@ define it (`_reuse` below), so its checks, messages and version-to-version
 differences are exactly the standard loop's."""
 
 import asyncio
-import os
 import selectors
 import socket
 import sys
 import threading
+import types
 import warnings
 import weakref
 from asyncio import coroutines, events, selector_events, unix_events
@@ -33,19 +33,40 @@ _STANDARD_LOOP = unix_events._UnixSelectorEventLoop
 
 
 class _Inherited:
-    """A method of the standard loop, looked up on it at each access as
-    inheritance would do: a patch of, say, `asyncio.BaseEventLoop.
-    create_connection` (libraries' tests do this) reaches ferroloop too."""
+    """A method of the standard loop (or of `source`), looked up on it at
+    each access as inheritance would do: a patch of, say, `asyncio.
+    BaseEventLoop.create_connection` (libraries' tests do this) reaches
+    ferroloop too."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "source")
 
-    def __init__(self, name):
+    def __init__(self, name, source=_STANDARD_LOOP):
         self.name = name
+        self.source = source
 
     def __get__(self, obj, objtype=None):
-        method = getattr(_STANDARD_LOOP, self.name)
+        method = getattr(self.source, self.name)
         bind = getattr(type(method), "__get__", None)
         return method if obj is None or bind is None else bind(method, obj, objtype)
+
+
+def _with_class_cell(function, cls):
+    """`function`, a method that uses zero-argument super(), with its
+    `__class__` cell set to `cls`: asyncio's own code (same file, same name,
+    so tools that allow-list asyncio's frames still recognise it) whose
+    super() then continues along our class's MRO."""
+    code = function.__code__
+    closure = tuple(types.CellType(cls) if name == "__class__" else cell
+                    for name, cell in zip(code.co_freevars, function.__closure__ or ()))
+    return types.FunctionType(code, function.__globals__, function.__name__,
+                              function.__defaults__, closure)
+
+
+class _SelectorServing:
+    """What super() reaches from the Unix loop's `_stop_serving`: the
+    selector loop's version (stop accepting, close the socket)."""
+
+    _stop_serving = _Inherited("_stop_serving", selector_events.BaseSelectorEventLoop)
 
 
 def _reuse(*names):
@@ -124,7 +145,7 @@ def _read_from_self(loop_ref):
     # the accept loop, driven by ferroloop's fd callbacks
     "_start_serving", "_accept_connection", "_accept_connection2",
 )
-class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
+class Loop(_ferroloop.LoopCore, _SelectorServing, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     getaddrinfo = getaddrinfo
@@ -180,22 +201,6 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._set_internal_fd(self._ssock.fileno())
         self._add_reader(self._ssock.fileno(), _read_from_self, weakref.ref(self))
 
-    def _stop_serving(self, sock):
-        # The Unix loop's version, whose zero-argument super() cannot run
-        # on another class: stop accepting, and (3.13+) remove the socket
-        # file create_unix_server made, unless something replaced it.
-        path = sock.getsockname() if sock in self._unix_server_sockets else None
-        selector_events.BaseSelectorEventLoop._stop_serving(self, sock)
-        if path is not None:
-            prev_ino = self._unix_server_sockets.pop(sock)
-            try:
-                if os.stat(path).st_ino == prev_ino:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
-
     # ----- running ----------------------------------------------------------
 
     def _run_forever_setup(self):
@@ -250,3 +255,10 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
                           f"stage, skipping signal handlers removal",
                           ResourceWarning, source=self)
             self._signal_handlers.clear()
+
+
+# 3.13+: the Unix loop's own _stop_serving also removes the socket file that
+# create_unix_server made; it is asyncio's code, its super() reaching
+# _SelectorServing. Before 3.13 the selector loop's version is the one.
+if "_stop_serving" in vars(_STANDARD_LOOP):
+    Loop._stop_serving = _with_class_cell(_STANDARD_LOOP._stop_serving, Loop)
