@@ -39,6 +39,15 @@ def overrides_socket_io(sock, names):
     return per_class[names]
 
 
+def _as_mark(value):
+    """A water mark as the core's float: an int too large for a float is
+    above any buffer size, as infinity is."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
+
+
 def _delegate(name):
     def method(self, *args, **kwargs):
         return getattr(self._core, name)(*args, **kwargs)
@@ -71,7 +80,7 @@ class CoreFlowControl:
 
     def set_write_buffer_limits(self, high=None, low=None):
         self._set_write_buffer_limits(high=high, low=low)
-        self._core._set_water_marks(self._high_water, self._low_water)
+        self._core._set_water_marks(_as_mark(self._high_water), _as_mark(self._low_water))
 
     def _flow_control_failed(self, message, exc):
         self._loop.call_exception_handler({

@@ -8,9 +8,10 @@
 //! wrap one in their pyclass.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
@@ -65,7 +66,10 @@ impl<B, X> State<B, X> {
 }
 
 pub struct Core<B, X> {
-    pub fd: RawFd,
+    /// The socket's fd number, -1 once the connection is lost and the
+    /// socket closed: the number may then belong to another file, which a
+    /// late call must never reach.
+    fd: AtomicI32,
     state: Mutex<State<B, X>>,
 }
 
@@ -76,6 +80,12 @@ pub fn not_bytes_like(data: &Bound<'_, PyAny>) -> PyErr {
         Ok(type_name) => PyTypeError::new_err(format!("data argument must be a bytes-like object, not {type_name}")),
         Err(e) => e,
     }
+}
+
+/// What asyncio raises where a transport whose connection is lost uses its
+/// loop or socket reference, which `_call_connection_lost` set to None.
+pub fn released_error(attribute: &str) -> PyErr {
+    PyAttributeError::new_err(format!("'NoneType' object has no attribute '{attribute}'"))
 }
 
 /// `except (SystemExit, KeyboardInterrupt): raise`
@@ -89,7 +99,7 @@ impl<B: WriteQueue, X> Core<B, X> {
         let loop_ = loop_.cast::<LoopCore>()?.clone();
         let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
         Ok(Core {
-            fd,
+            fd: AtomicI32::new(fd),
             state: Mutex::new(State {
                 loop_: Some(loop_.unbind()),
                 transport: Some(transport.clone().unbind()),
@@ -106,6 +116,16 @@ impl<B: WriteQueue, X> Core<B, X> {
                 extra,
             }),
         })
+    }
+
+    /// The socket's fd; -1 once the connection is lost.
+    pub fn fd(&self) -> RawFd {
+        self.fd.load(Ordering::Relaxed)
+    }
+
+    /// The connection is lost and the socket closed (`_sock` is None).
+    pub fn released(&self) -> bool {
+        self.fd() < 0
     }
 
     /// The state; never held while Python code runs.
@@ -151,19 +171,19 @@ impl<B: WriteQueue, X> Core<B, X> {
         let py = obj.py();
         let Some(lp) = self.event_loop(py) else { return Ok(()) };
         let callback = obj.getattr(if writable { pyo3::intern!(py, "_write_ready") } else { pyo3::intern!(py, "_read_ready") })?;
-        event_loop::watch_fd(&lp, self.fd, writable, callback).map(drop)
+        event_loop::watch_fd(&lp, self.fd(), writable, callback).map(drop)
     }
 
     pub fn unwatch(&self, py: Python<'_>, writable: bool) -> PyResult<()> {
         match self.event_loop(py) {
-            Some(lp) => event_loop::unwatch_fd(&lp, self.fd, writable).map(drop),
+            Some(lp) => event_loop::unwatch_fd(&lp, self.fd(), writable).map(drop),
             None => Ok(()),
         }
     }
 
     /// `loop.call_soon(transport._call_connection_lost, exc)`
     pub fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let (Some(lp), Some(t)) = (self.event_loop(py), self.transport(py)) else { return Ok(()) };
+        let (Some(lp), Some(t)) = (self.event_loop(py), self.transport(py)) else { return Err(released_error("call_soon")) };
         let callback = t.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
         lp.call_method1(pyo3::intern!(py, "call_soon"), (callback, exc)).map(drop)
     }
@@ -175,11 +195,17 @@ impl<B: WriteQueue, X> Core<B, X> {
 
     /// asyncio's `except (SystemExit, KeyboardInterrupt): raise` /
     /// `except BaseException as exc: self._fatal_error(exc, message)`.
+    /// Once the connection is lost, asyncio's `_fatal_error` fails on its
+    /// None loop, and so does this.
     pub fn fatal_error(&self, py: Python<'_>, err: PyErr, message: &str) -> PyResult<()> {
         if must_propagate(py, &err) {
             return Err(err);
         }
-        self.call_transport(py, pyo3::intern!(py, "_fatal_error"), (err.into_value(py), message))
+        let Some(transport) = self.transport(py) else {
+            let is_os_error = err.is_instance_of::<PyOSError>(py);
+            return Err(released_error(if is_os_error { "get_debug" } else { "call_exception_handler" }));
+        };
+        transport.call_method1(pyo3::intern!(py, "_fatal_error"), (err.into_value(py), message)).map(drop)
     }
 
     /// `_force_close`: drop the queue, stop reading, lose the connection soon.
@@ -341,6 +367,7 @@ impl<B: WriteQueue, X> Core<B, X> {
     {
         let taken = {
             let mut s = self.state();
+            self.fd.store(-1, Ordering::Relaxed);
             (s.loop_.take(), s.transport.take(), s.sock.take(), s.protocol.take(), s.buffer.take(), s.extra.release())
         };
         drop(taken);
@@ -359,6 +386,7 @@ impl<B: WriteQueue, X> Core<B, X> {
     }
 
     pub fn clear(&self, extra: impl FnOnce(&mut X) -> Box<dyn std::any::Any>) {
+        self.fd.store(-1, Ordering::Relaxed);
         let taken = self.state.try_lock().ok().map(|mut s| {
             let common = (s.loop_.take(), s.transport.take(), s.sock.take(), s.protocol.take());
             (common, extra(&mut s.extra))

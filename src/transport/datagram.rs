@@ -143,10 +143,10 @@ enum Sent {
 impl DatagramTransportCore {
     /// One send of `data` to `target`.
     fn send(&self, py: Python<'_>, data: &[u8], data_obj: &Bound<'_, PyAny>, target: &Target) -> Sent {
-        let fd = self.core.fd;
+        let fd = self.core.fd();
         let result = match target {
-            Target::Connected if self.core.state().sock.is_some() => socket_io::send(fd, data),
-            Target::Address(to) if self.core.state().sock.is_some() => socket_io::send_to(fd, data, to),
+            Target::Connected if fd >= 0 => socket_io::send(fd, data),
+            Target::Address(to) if fd >= 0 => socket_io::send_to(fd, data, to),
             // Through the socket object: its resolver, or its error once closed.
             _ => {
                 let sock = self.core.sock(py).map_or_else(|| py.None().into_bound(py), |s| s);
@@ -223,7 +223,7 @@ impl DatagramTransportCore {
             // SAFETY: u8 and MaybeUninit<u8> have the same layout, and
             // recvfrom only ever writes initialised bytes into the slice.
             let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-            socket_io::recv_from(self.core.fd, uninit).map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
+            socket_io::recv_from(self.core.fd(), uninit).map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
         });
         let (data, from) = match received {
             Ok(r) => r,

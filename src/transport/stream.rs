@@ -22,7 +22,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 
-use super::base::{not_bytes_like, Core, KindState, WriteQueue};
+use super::base::{not_bytes_like, released_error, Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
 use super::stream_reader;
 use super::write_buffer::WriteBuffer;
@@ -90,19 +90,17 @@ pub struct StreamTransportCore {
 }
 
 impl StreamTransportCore {
-    /// The checks `write` and `writelines` make before queueing anything;
-    /// false when the data is to be dropped (connection lost).
-    fn accept_write(&self, py: Python<'_>, method: &str) -> PyResult<bool> {
-        {
-            let s = self.core.state();
-            if s.extra.eof {
-                return Err(PyRuntimeError::new_err(format!("Cannot call {method}() after write_eof()")));
-            }
-            if s.extra.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(format!("unable to {method}; sendfile is in progress")));
-            }
+    /// What `write` and `writelines` refuse first: after `write_eof()`, and
+    /// while sendfile runs.
+    fn check_can_write(&self, method: &str) -> PyResult<()> {
+        let s = self.core.state();
+        if s.extra.eof {
+            return Err(PyRuntimeError::new_err(format!("Cannot call {method}() after write_eof()")));
         }
-        self.core.writable_or_log(py)
+        if s.extra.empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(format!("unable to {method}; sendfile is in progress")));
+        }
+        Ok(())
     }
 
     /// Send what can go now when nothing is queued, queue the rest, watch
@@ -111,12 +109,17 @@ impl StreamTransportCore {
         let py = slf.py();
         let core = &slf.get().core;
         let mut sent = 0;
+        if core.released() {
+            // asyncio's `self._sock.send(data)` on its None socket (after
+            // close() sent the queue and the connection was lost).
+            return core.fatal_error(py, released_error("send"), "Fatal write error on socket transport");
+        }
         if core.state().buffer.is_empty() {
             let result = if let [chunk] = chunks.as_slice() {
-                socket_io::send(core.fd, chunk.as_ref())
+                socket_io::send(core.fd(), chunk.as_ref())
             } else {
                 let slices: Vec<_> = chunks.iter().map(|c| std::io::IoSlice::new(c.as_ref())).collect();
-                socket_io::send_vectored(core.fd, &slices)
+                socket_io::send_vectored(core.fd(), &slices)
             };
             match result {
                 Ok(n) => sent = n,
@@ -155,11 +158,12 @@ impl StreamTransportCore {
         let core = &slf.get().core;
         core.debug_log(py, "%r received EOF")?;
         let Some(protocol) = core.protocol(py) else { return Ok(()) };
-        let keep_open = match protocol.call_method0(pyo3::intern!(py, "eof_received")).and_then(|r| r.is_truthy()) {
+        let keep_open = match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
             Ok(k) => k,
             Err(e) => return core.fatal_error(py, e, "Fatal error: protocol.eof_received() call failed."),
         };
-        if keep_open {
+        // Outside the try, as in asyncio: a failing __bool__ propagates.
+        if keep_open.is_truthy()? {
             // The protocol may still write, but nothing more can be read.
             core.unwatch(py, false)
         } else {
@@ -178,7 +182,7 @@ impl StreamTransportCore {
             Ok(b) => b,
             Err(e) => return core.fatal_error(py, e, "Fatal error: protocol.get_buffer() call failed."),
         };
-        let received = match socket_io::recv_into_object(core.fd, &buf) {
+        let received = match socket_io::recv_into_object(core.fd(), &buf) {
             Some(r) => r.map_err(|e| if would_block(&e) { None } else { Some(os_error(e)) }),
             // Some other kind of buffer: the socket module deals with it.
             None => match core.sock(py) {
@@ -208,7 +212,7 @@ impl StreamTransportCore {
     fn recv_with<T>(slf: &Bound<'_, Self>, deliver: impl FnOnce(&[u8]) -> T) -> PyResult<Option<T>> {
         let core = &slf.get().core;
         let received = socket_io::with_read_buffer(MAX_READ, |buf| {
-            socket_io::recv(core.fd, buf).map(|n| (n > 0).then(|| deliver(&buf[..n])))
+            socket_io::recv(core.fd(), buf).map(|n| (n > 0).then(|| deliver(&buf[..n])))
         });
         match received {
             Ok(Some(delivered)) => Ok(Some(delivered)),
@@ -325,7 +329,10 @@ super::base::transport_pymethods! {
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let chunk = chunk_of(data, false)?;
-        if !slf.get().accept_write(slf.py(), "write")? || chunk.as_ref().is_empty() {
+        let this = slf.get();
+        // asyncio's order: state, nothing to write, connection lost.
+        this.check_can_write("write")?;
+        if chunk.as_ref().is_empty() || !this.core.writable_or_log(slf.py())? {
             return Ok(());
         }
         Self::send_or_queue(slf, vec![chunk])
@@ -334,6 +341,9 @@ super::base::transport_pymethods! {
     /// Python 3.12+'s `writelines` (earlier versions join and `write()`):
     /// the chunks go out in one vectored send.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let this = slf.get();
+        // The state is checked before the items are (asyncio's order).
+        this.check_can_write("writelines")?;
         let mut chunks = Vec::new();
         for data in list_of_data.try_iter()? {
             let chunk = chunk_of(&data?, true)?;
@@ -341,8 +351,12 @@ super::base::transport_pymethods! {
                 chunks.push(chunk);
             }
         }
-        if !slf.get().accept_write(slf.py(), "writelines")? || chunks.is_empty() {
+        if chunks.is_empty() || !this.core.writable_or_log(slf.py())? {
             return Ok(());
+        }
+        if this.core.released() {
+            // asyncio's `self._loop._remove_writer` on its None loop.
+            return Err(released_error("_remove_writer"));
         }
         Self::send_or_queue(slf, chunks)
     }
@@ -358,7 +372,7 @@ super::base::transport_pymethods! {
             }
             let mut slices = Vec::new();
             s.buffer.io_slices(&mut slices);
-            socket_io::send_vectored(core.fd, &slices)
+            socket_io::send_vectored(core.fd(), &slices)
         };
         let n = match result {
             Ok(n) => n,
@@ -395,7 +409,7 @@ super::base::transport_pymethods! {
         if closing {
             core.connection_lost_now(py)?;
         } else if eof {
-            socket_io::shutdown_write(core.fd).map_err(os_error)?;
+            socket_io::shutdown_write(core.fd()).map_err(os_error)?;
         }
         Ok(())
     }
@@ -408,7 +422,7 @@ super::base::transport_pymethods! {
         s.extra.eof = true;
         if s.buffer.is_empty() {
             drop(s);
-            socket_io::shutdown_write(self.core.fd).map_err(os_error)?;
+            socket_io::shutdown_write(self.core.fd()).map_err(os_error)?;
         }
         Ok(())
     }

@@ -71,7 +71,7 @@ impl ReadPipeCore {
             }
         };
         let received = socket_io::with_read_buffer(MAX_READ, |buf| {
-            socket_io::read_fd(self.core.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+            socket_io::read_fd(self.core.fd(), buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
         });
         match received {
             Ok(Some(data)) if lookup => target.bind(py).call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop),

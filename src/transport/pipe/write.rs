@@ -151,7 +151,7 @@ impl WritePipeCore {
         let bytes = data.as_slice();
         let mut sent = 0;
         if queue_empty {
-            match socket_io::write_fd(core.fd, bytes) {
+            match socket_io::write_fd(core.fd(), bytes) {
                 Ok(n) => sent = n,
                 Err(e) if would_block(&e) => {}
                 Err(e) => {
@@ -180,7 +180,7 @@ impl WritePipeCore {
             }
             let mut slices = Vec::new();
             s.buffer.io_slices(&mut slices);
-            socket_io::write_vectored_fd(core.fd, &slices)
+            socket_io::write_vectored_fd(core.fd(), &slices)
         };
         let n = match result {
             Ok(n) => n,
