@@ -56,6 +56,16 @@ WRITELINES_PAUSES = sys.version_info < (3, 12) or "_maybe_pause_protocol" in ins
     asyncio.selector_events._SelectorSocketTransport.writelines)
 
 
+async def peer_sendall(run, data):
+    """The peer sends `data` (recorded in run.peer_sent); "ok" or the error."""
+    try:
+        await asyncio.wait_for(run.loop.sock_sendall(run.peer, data), STEP_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as e:
+        return type(e).__name__
+    run.peer_sent += data
+    return "ok"
+
+
 def examples(n):
     return EXAMPLES or n
 
@@ -423,13 +433,7 @@ class StreamRun:
             unread = len(self.peer_sent) - self.delivered()
             if self.peer_state != "open" or unread + op[1] > PEER_UNREAD_MAX:
                 return "skip"
-            data = payload(len(self.peer_sent), op[1])
-            try:
-                await asyncio.wait_for(self.loop.sock_sendall(self.peer, data), STEP_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as e:
-                return type(e).__name__
-            self.peer_sent += data
-            return "ok"
+            return await peer_sendall(self, payload(len(self.peer_sent), op[1]))
         if op[0] == "peer_eof":
             if self.peer_state != "open":
                 return "skip"
@@ -946,12 +950,7 @@ class StreamsRun(StreamRun):
     async def peer_send(self, data):
         if self.peer_state != "open":
             return "skip"
-        try:
-            await asyncio.wait_for(self.loop.sock_sendall(self.peer, data), STEP_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as e:
-            return type(e).__name__
-        self.peer_sent += data
-        return "ok"
+        return await peer_sendall(self, data)
 
     async def __call__(self):
         with tempfile.TemporaryDirectory() as tmp:
