@@ -108,18 +108,19 @@ impl StreamTransportCore {
     fn send_or_queue(slf: &Bound<'_, Self>, chunks: Vec<Chunk>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
-        let mut sent = 0;
-        if core.released() {
+        let fd = core.fd();
+        if fd < 0 {
             // asyncio's `self._sock.send(data)` on its None socket (after
             // close() sent the queue and the connection was lost).
             return core.fatal_error(py, released_error("send"), "Fatal write error on socket transport");
         }
+        let mut sent = 0;
         if core.state().buffer.is_empty() {
             let result = if let [chunk] = chunks.as_slice() {
-                socket_io::send(core.fd(), chunk.as_ref())
+                socket_io::send(fd, chunk.as_ref())
             } else {
                 let slices: Vec<_> = chunks.iter().map(|c| std::io::IoSlice::new(c.as_ref())).collect();
-                socket_io::send_vectored(core.fd(), &slices)
+                socket_io::send_vectored(fd, &slices)
             };
             match result {
                 Ok(n) => sent = n,
