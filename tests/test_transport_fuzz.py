@@ -27,6 +27,7 @@ Hunting: FUZZ_EXAMPLES=3000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 
 import array
 import asyncio
+import fcntl
 import hashlib
 import inspect
 import logging
@@ -34,8 +35,10 @@ import os
 import random
 import re
 import socket
+import struct
 import sys
 import tempfile
+import termios
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -856,8 +859,20 @@ class StreamsRun(StreamRun):
     def busy(self):
         return False
 
+    def unread(self):
+        """Bytes in our socket's receive queue that the transport will read:
+        none counted while reading is paused or the transport is closing."""
+        sock = self.transport.get_extra_info("socket")
+        if self.transport.is_closing() or not self.transport.is_reading() or sock is None or sock.fileno() < 0:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            return 0
+
     async def settle(self):
-        """Run until nothing changes for a few milliseconds."""
+        """Run until the transport has read what the kernel holds for it and
+        nothing changes for a few milliseconds."""
         def state():
             return len(self.trace), len(self.reader._buffer), self.reader._eof, len(self.received)
         await spin()
@@ -865,7 +880,7 @@ class StreamsRun(StreamRun):
             before = state()
             for _ in range(3):
                 await asyncio.sleep(0.001)
-            if state() == before:
+            if state() == before and not self.unread():
                 break
         await spin()
 
