@@ -183,6 +183,29 @@ def test_non_callable_in_non_debug_mode(same):
     same(scenario)
 
 
+@pytest.mark.uvloop_differs("uvloop's methods are named Loop.*")
+def test_bad_call_messages(same):
+    # A wrong call names the method as asyncio's class does ("BaseEventLoop.
+    # call_soon() got an unexpected keyword argument 'x'"). Methods that take
+    # no arguments are left out: a Rust method's "takes no arguments (1
+    # given)" differs in wording, not in type.
+    def scenario(loop, trace):
+        calls = [
+            lambda: loop.call_soon(print, x=1), lambda: loop.call_soon(),
+            lambda: loop.call_soon(print, context=None, x=1),
+            lambda: loop.call_soon_threadsafe(), lambda: loop.call_soon_threadsafe(print, x=1),
+            lambda: loop.call_later(1), lambda: loop.call_at(), lambda: loop.call_later(1, print, x=1),
+            lambda: loop.create_task(), lambda: loop.create_task(None, x=1),
+            lambda: loop.sock_recv(), lambda: loop.sock_recv_into(None), lambda: loop.sock_sendall(),
+            lambda: loop.getaddrinfo(), lambda: loop.getaddrinfo("h", 1, x=1),
+            lambda: loop.run_forever(1), lambda: loop.close(1), lambda: loop.start_tls(),
+        ]
+        for call in calls:
+            trace.append(outcome(call))
+
+    same(scenario)
+
+
 def test_fd_out_of_range(same):
     def scenario(loop, trace):
         for fd in (10**6, 2**31, 2**40):

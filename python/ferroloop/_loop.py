@@ -1,4 +1,4 @@
-"""`ferroloop.Loop`: the Rust `LoopCore` (scheduling, timers, polling, fd
+"""`ferroloop.Loop`: the Rust `BaseEventLoop` (scheduling, timers, polling, fd
 callbacks) plus the rest of asyncio's loop API.
 
 What is not performance-critical is not rewritten: it is the running
@@ -98,6 +98,25 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
 
 
+def _name_as_standard(*names):
+    """Give our own versions of these methods the qualified name of the
+    standard loop's, so a bad call's TypeError reads the same
+    ("BaseSelectorEventLoop.sock_recv() missing 1 required positional
+    argument: 'n'"); 3.11+ takes that name from the code object."""
+    def decorate(target):
+        for name in names:
+            function = vars(target)[name]
+            if not function.__module__.startswith(__package__):
+                continue  # the standard loop's own function (some versions)
+            owner = next(c for c in _STANDARD_LOOP.__mro__ if name in vars(c))
+            qualname = f"{owner.__name__}.{name}"
+            if hasattr(function.__code__, "co_qualname"):
+                function.__code__ = function.__code__.replace(co_qualname=qualname)
+            function.__qualname__ = qualname
+        return target
+    return decorate
+
+
 def _read_from_self(loop_ref):
     loop = loop_ref()
     if loop is not None:
@@ -145,7 +164,9 @@ def _read_from_self(loop_ref):
     # the accept loop, driven by ferroloop's fd callbacks
     "_start_serving", "_accept_connection", "_accept_connection2",
 )
-class Loop(_ferroloop.LoopCore, _SelectorServing, asyncio.AbstractEventLoop):
+@_name_as_standard("getaddrinfo", "sock_recv", "sock_recv_into", "sock_sendall", "start_tls",
+                   "run_forever", "close")
+class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
     getaddrinfo = getaddrinfo

@@ -1,7 +1,8 @@
 //! The loop core: ready queue, timers, fd callbacks and the run loop.
 //!
-//! `LoopCore` is the Rust base class of `ferroloop.Loop`. This file holds its
-//! state and the `#[pymethods]` table, which stays thin: each method checks
+//! `LoopCore` (`_ferroloop.BaseEventLoop` in Python) is the Rust base class
+//! of `ferroloop.Loop`. This file holds its state and the `#[pymethods]`
+//! table, which stays thin: each method checks
 //! its arguments the way asyncio does and calls into
 //! - [`scheduling`]: `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`, `create_task`,
 //! - [`run`]: one iteration of the loop (`_run_once`),
@@ -74,7 +75,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
+/// Named `BaseEventLoop` in Python, like the asyncio class that defines
+/// these methods, so argument errors read the same ("BaseEventLoop.call_soon()
+/// missing 1 required positional argument: 'callback'").
+#[pyclass(name = "BaseEventLoop", module = "ferroloop._ferroloop", subclass, frozen)]
 pub struct LoopCore {
     sched: Mutex<Scheduler>,
     poller: Mutex<Option<Poller>>,

@@ -72,7 +72,7 @@ pub fn call_soon(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bo
 // these two skip PyO3's generic argument extraction: CPython passes the
 // arguments as a vector (`nargs` positional values, then one value per name
 // in `kwnames`) and `(callback, *args, context=None)` is parsed here, with
-// the messages PyO3 gives for bad calls.
+// asyncio's messages for bad calls.
 
 /// `LoopCore.call_soon` or `LoopCore.call_soon_threadsafe`: the method
 /// descriptor PyType_Ready would make for a C type's METH_FASTCALL method.
@@ -166,7 +166,7 @@ unsafe fn call_soon_vector(py: Python<'_>, slf: *mut ffi::PyObject, args: *const
         _ => parse_keywords(py, positional, names, keywords, threadsafe)?,
     };
     let Some(callback) = callback else {
-        return Err(PyTypeError::new_err(format!("LoopCore.{}() missing 1 required positional argument: 'callback'", method_name(threadsafe))));
+        return Err(PyTypeError::new_err(format!("BaseEventLoop.{}() missing 1 required positional argument: 'callback'", method_name(threadsafe))));
     };
     let args = pyhelpers::tuple_from_slice(py, rest)?;
     // SAFETY: both are live objects of the vector, borrowed for the call.
@@ -191,10 +191,10 @@ fn parse_keywords<'a>(py: Python<'_>, positional: &'a [RawObject], names: Option
         } else if is_keyword(&name, pyo3::intern!(py, "callback"), "callback") {
             &mut callback
         } else {
-            return Err(PyTypeError::new_err(format!("LoopCore.{}() got an unexpected keyword argument '{}'", method_name(threadsafe), *name)));
+            return Err(PyTypeError::new_err(format!("BaseEventLoop.{}() got an unexpected keyword argument '{}'", method_name(threadsafe), *name)));
         };
         if slot.replace(value).is_some() {
-            return Err(PyTypeError::new_err(format!("LoopCore.{}() got multiple values for argument '{}'", method_name(threadsafe), *name)));
+            return Err(PyTypeError::new_err(format!("BaseEventLoop.{}() got multiple values for argument '{}'", method_name(threadsafe), *name)));
         }
     }
     Ok((callback, rest, context))
