@@ -2,6 +2,7 @@
 pidfd (no thread per child), nothing leaked when the loop closes first."""
 
 import asyncio
+import contextvars
 import os
 import sys
 import threading
@@ -62,3 +63,50 @@ def test_close_with_running_child_leaks_no_fd(impl):
     loop.close()
     os.waitpid(proc.pid, 0)
     assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+async def _callback_contexts():
+    cvar = contextvars.ContextVar("cvar", default="outer")
+    done = asyncio.get_running_loop().create_future()
+    seen = set()
+
+    class Protocol(asyncio.SubprocessProtocol):
+        def connection_made(self, transport):
+            seen.add(("connection_made", cvar.get()))
+
+        def pipe_data_received(self, fd, data):
+            seen.add(("pipe_data_received", fd, cvar.get()))
+
+        def pipe_connection_lost(self, fd, exc):
+            seen.add(("pipe_connection_lost", fd, cvar.get()))
+
+        def process_exited(self):
+            seen.add(("process_exited", cvar.get()))
+
+        def connection_lost(self, exc):
+            seen.add(("connection_lost", cvar.get()))
+            done.set_result(None)
+
+    cvar.set("inner")
+    transport, _ = await asyncio.get_running_loop().subprocess_exec(
+        Protocol, sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())")
+    transport.get_pipe_transport(0).write(b"data")
+    transport.get_pipe_transport(0).write_eof()
+    await done
+    transport.close()
+    return sorted(seen, key=str)
+
+
+def test_protocol_callback_contexts(factories):
+    # 3.10/3.11's default child watcher reports the exit from its thread, so
+    # process_exited() and connection_lost() see that thread's empty context;
+    # 3.12+ watches a pidfd from the caller's context.
+    results = {}
+    for name, factory in factories.items():
+        loop = factory()
+        try:
+            results[name] = loop.run_until_complete(_callback_contexts())
+        finally:
+            loop.close()
+    assert results["ferroloop"] == results["asyncio"]
+    assert ("process_exited", "outer" if sys.version_info < (3, 12) else "inner") in results["ferroloop"]

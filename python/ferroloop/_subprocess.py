@@ -6,7 +6,9 @@ case; asyncio 3.14 does the same). When a watcher was set on the policy,
 or the system has no pidfd_open, the standard loop's path through that
 watcher is taken instead."""
 
+import contextvars
 import os
+import sys
 from asyncio import events, unix_events
 from asyncio.log import logger
 
@@ -58,7 +60,13 @@ def _reap(loop, transp, pid):
                        " will report returncode 255", pid)
     else:
         returncode = os.waitstatus_to_exitcode(status)
-    loop._child_watcher_callback(pid, returncode, transp)
+    if sys.version_info < (3, 12):
+        # The default watcher there is a thread per child, whose report
+        # carries the thread's empty context into process_exited() and
+        # connection_lost(); 3.12+ watches a pidfd in the caller's context.
+        contextvars.Context().run(loop._child_watcher_callback, pid, returncode, transp)
+    else:
+        loop._child_watcher_callback(pid, returncode, transp)
 
 
 def close_pidfds(loop):
