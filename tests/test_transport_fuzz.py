@@ -1260,6 +1260,69 @@ async def datagram_abort_with_queue(loop, trace):
         peer.close()
 
 
+async def _rebinding_stream(loop, trace, buffered):
+    """The protocol rebinds its receiving methods on itself after the first
+    read, then its class's are patched: each read uses what is there then."""
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(100)
+            self.got = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            trace.append(("class", bytes(self.buf[:nbytes])))
+            self.get_buffer = lambda n: self.buf
+            self.buffer_updated = lambda n: trace.append(("instance", bytes(self.buf[:n])))
+
+    class Plain(asyncio.Protocol):
+        def data_received(self, data):
+            trace.append(("class", data))
+            self.data_received = lambda d: trace.append(("instance", d))
+
+    transport, proto, peer = await _pair(loop, Buffered if buffered else Plain)
+    for chunk in (b"1", b"2"):
+        peer.send(chunk)
+        await spin()
+    del proto.__dict__["buffer_updated" if buffered else "data_received"]
+    name = "buffer_updated" if buffered else "data_received"
+    original = getattr(type(proto), name)
+    setattr(type(proto), name, lambda self, d: trace.append(("patched", bytes(self.buf[:d]) if buffered else d)))
+    try:
+        peer.send(b"3")
+        await spin()
+    finally:
+        setattr(type(proto), name, original)
+    transport.close()
+    peer.close()
+    await spin()
+
+
+async def data_received_rebound(loop, trace):
+    await _rebinding_stream(loop, trace, buffered=False)
+
+
+async def buffer_updated_rebound(loop, trace):
+    await _rebinding_stream(loop, trace, buffered=True)
+
+
+async def datagram_received_rebound(loop, trace):
+    class Protocol(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            trace.append(("class", data))
+            self.datagram_received = lambda d, a: trace.append(("instance", d))
+
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    transport, _ = await loop.create_datagram_endpoint(Protocol, sock=ours)
+    for chunk in (b"1", b"2", b"3"):
+        peer.send(chunk)
+        await spin()
+    transport.close()
+    peer.close()
+    await spin()
+
+
 def _known(id, scenario, reason, since=(3, 10), before=(4,)):
     applies = since <= sys.version_info[:2] < before
     return pytest.param(scenario, id=id, marks=[
@@ -1282,6 +1345,9 @@ def _case(id, scenario, since=(3, 10)):
     _case("writelines_str_after_write_eof", _writelines_case("write_eof", ["text"])),
     _case("huge_write_buffer_limit", huge_write_buffer_limit),
     _case("sendto_after_connection_lost", sendto_after_connection_lost),
+    _case("data_received_rebound", data_received_rebound),
+    _case("buffer_updated_rebound", buffer_updated_rebound),
+    _case("datagram_received_rebound", datagram_received_rebound),
 ])
 def test_edge_cases(impl, scenario):
     check_same(scenario)

@@ -56,9 +56,6 @@ impl WriteQueue for DatagramQueue {
 
 /// What only the datagram transport keeps.
 struct DatagramState {
-    /// `protocol.datagram_received`, looked up at `set_protocol` (None when
-    /// the protocol had none then: looked up at each datagram).
-    datagram_received: Option<Py<PyAny>>,
     /// The `remote_addr` the endpoint was created with.
     address: Option<Py<PyAny>>,
     /// `get_extra_info('peername')` is set: datagrams go out with `send`.
@@ -77,7 +74,7 @@ struct DatagramState {
 
 impl KindState for DatagramState {
     fn release(&mut self) -> Box<dyn std::any::Any> {
-        Box::new((self.datagram_received.take(), self.last_from.take(), self.last_to.take()))
+        Box::new((self.last_from.take(), self.last_to.take()))
     }
 }
 
@@ -256,7 +253,6 @@ super::base::transport_pymethods! {
     fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, address: Option<Py<PyAny>>, connected: bool, header_bytes: usize, send_empty: bool) -> PyResult<Self> {
         let family: i32 = sock.getattr("family")?.extract()?;
         let extra = DatagramState {
-            datagram_received: None,
             address,
             connected,
             inet: family == libc::AF_INET || family == libc::AF_INET6,
@@ -276,16 +272,11 @@ super::base::transport_pymethods! {
             return Ok(());
         }
         match self.receive(py) {
-            Ok(Some((data, addr))) => {
-                let cached = self.core.state().extra.datagram_received.as_ref().map(|f| f.clone_ref(py));
-                match cached {
-                    Some(f) => f.call1(py, (data, addr)).map(drop),
-                    None => match self.core.protocol(py) {
-                        Some(p) => p.call_method1(pyo3::intern!(py, "datagram_received"), (data, addr)).map(drop),
-                        None => Ok(()),
-                    },
-                }
-            }
+            // Looked up at each datagram, as asyncio does.
+            Ok(Some((data, addr))) => match self.core.protocol(py) {
+                Some(p) => p.call_method1(pyo3::intern!(py, "datagram_received"), (data, addr)).map(drop),
+                None => Ok(()),
+            },
             Ok(None) => Ok(()),
             Err(e) if e.is_instance_of::<PyOSError>(py) => match self.core.protocol(py) {
                 Some(p) => p.call_method1(pyo3::intern!(py, "error_received"), (e.into_value(py),)).map(drop),
@@ -383,12 +374,10 @@ super::base::transport_pymethods! {
     }
 
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = protocol.py();
-        let received = protocol.getattr(pyo3::intern!(py, "datagram_received")).ok().map(Bound::unbind);
         let previous = {
             let mut s = self.core.state();
             s.protocol_connected = true;
-            (s.protocol.replace(protocol.clone().unbind()), std::mem::replace(&mut s.extra.datagram_received, received))
+            s.protocol.replace(protocol.clone().unbind())
         };
         drop(previous);
         Ok(())
@@ -396,7 +385,6 @@ super::base::transport_pymethods! {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.core.traverse(&visit, |x| {
-            visit.call(&x.datagram_received)?;
             visit.call(&x.address)?;
             if let Some((_, obj)) = &x.last_from {
                 visit.call(obj)?;
@@ -409,6 +397,6 @@ super::base::transport_pymethods! {
     }
 
     fn __clear__(&self) {
-        self.core.clear(|x| Box::new((x.datagram_received.take(), x.address.take(), x.last_from.take(), x.last_to.take())));
+        self.core.clear(|x| Box::new((x.address.take(), x.last_from.take(), x.last_to.take())));
     }
 }

@@ -55,18 +55,29 @@ impl WriteQueue for WriteBuffer<Chunk> {
     }
 }
 
-/// How the protocol takes data: asyncio picks one at `set_protocol`.
+/// How the protocol takes data: asyncio picks one at `set_protocol`. The
+/// protocol's methods are looked up at each read, as asyncio does: a
+/// protocol may rebind them on itself meanwhile.
 enum Receiver {
-    DataReceived(Py<PyAny>),
-    /// The protocol had no `data_received` when it was set: look it up at
-    /// each read, so the error is the one asyncio would raise.
-    LookUp,
-    Buffered { get_buffer: Py<PyAny>, buffer_updated: Py<PyAny> },
+    DataReceived,
+    /// `get_buffer` / `buffer_updated` (an `asyncio.BufferedProtocol`).
+    Buffered,
     /// ferroloop's TLS protocol: the bytes go from our buffer into its BIO.
     Tls(Py<SSLProtocolCore>),
     /// asyncio's own `StreamReaderProtocol`: the bytes go from our buffer
     /// into its reader's (see [`stream_reader`]).
     StreamReader,
+}
+
+impl Receiver {
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Receiver::DataReceived => Receiver::DataReceived,
+            Receiver::Buffered => Receiver::Buffered,
+            Receiver::Tls(tls) => Receiver::Tls(tls.clone_ref(py)),
+            Receiver::StreamReader => Receiver::StreamReader,
+        }
+    }
 }
 
 /// What only the stream transport keeps.
@@ -143,17 +154,6 @@ impl StreamTransportCore {
         core.maybe_pause_protocol(py)
     }
 
-    /// `protocol.data_received(data)`: through the cached bound method, or
-    /// looked up on the protocol when it had none to cache (`lookup`).
-    fn deliver(py: Python<'_>, target: Py<PyAny>, lookup: bool, data: Bound<'_, PyBytes>) -> PyResult<()> {
-        let target = target.into_bound(py);
-        if lookup {
-            target.call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop)
-        } else {
-            target.call1((data,)).map(drop)
-        }
-    }
-
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
@@ -172,10 +172,10 @@ impl StreamTransportCore {
         }
     }
 
-    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, get_buffer: Py<PyAny>, buffer_updated: Py<PyAny>) -> PyResult<()> {
+    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
-        let buf = get_buffer.bind(py).call1((-1,)).and_then(|b| match b.len()? {
+        let buf = protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,)).and_then(|b| match b.len()? {
             0 => Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer")),
             _ => Ok(b),
         });
@@ -196,7 +196,7 @@ impl StreamTransportCore {
         };
         match received {
             Ok(0) => Self::on_eof(slf),
-            Ok(n) => match buffer_updated.bind(py).call1((n,)) {
+            Ok(n) => match protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (n,)) {
                 Ok(_) => Ok(()),
                 Err(e) => core.fatal_error(py, e, "Fatal error: protocol.buffer_updated() call failed."),
             },
@@ -287,41 +287,23 @@ super::base::transport_pymethods! {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let core = &slf.get().core;
-        let (target, lookup) = {
+        let (protocol, receiver) = {
             let s = core.state();
             if s.conn_lost > 0 {
                 return Ok(());
             }
-            match &s.extra.receiver {
-                Some(Receiver::DataReceived(f)) => (f.clone_ref(py), false),
-                Some(Receiver::LookUp) => match &s.protocol {
-                    Some(p) => (p.clone_ref(py), true),
-                    None => return Ok(()),
-                },
-                Some(Receiver::Buffered { get_buffer, buffer_updated }) => {
-                    let (g, b) = (get_buffer.clone_ref(py), buffer_updated.clone_ref(py));
-                    drop(s);
-                    return Self::read_into_protocol_buffer(slf, g, b);
-                }
-                Some(Receiver::Tls(tls)) => {
-                    let tls = tls.clone_ref(py).into_bound(py);
-                    drop(s);
-                    return Self::read_into_tls(slf, &tls);
-                }
-                Some(Receiver::StreamReader) => match &s.protocol {
-                    Some(p) => {
-                        let protocol = p.clone_ref(py).into_bound(py);
-                        drop(s);
-                        return Self::read_into_stream_reader(slf, &protocol);
-                    }
-                    None => return Ok(()),
-                },
-                None => return Ok(()),
-            }
+            let (Some(protocol), Some(receiver)) = (&s.protocol, &s.extra.receiver) else { return Ok(()) };
+            (protocol.clone_ref(py).into_bound(py), receiver.clone_ref(py))
         };
+        match receiver {
+            Receiver::DataReceived => {}
+            Receiver::Buffered => return Self::read_into_protocol_buffer(slf, &protocol),
+            Receiver::StreamReader => return Self::read_into_stream_reader(slf, &protocol),
+            Receiver::Tls(tls) => return Self::read_into_tls(slf, tls.bind(py)),
+        }
         let Some(data) = Self::recv_with(slf, |data| PyBytes::new(py, data))? else { return Ok(()) };
-        match Self::deliver(py, target, lookup, data) {
-            Ok(()) => Ok(()),
+        match protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)) {
+            Ok(_) => Ok(()),
             Err(e) => core.fatal_error(py, e, "Fatal error: protocol.data_received() call failed."),
         }
     }
@@ -443,15 +425,9 @@ super::base::transport_pymethods! {
         } else if stream_reader::is_plain_stream_protocol(protocol)? {
             Receiver::StreamReader
         } else if buffered {
-            Receiver::Buffered {
-                get_buffer: protocol.getattr(pyo3::intern!(py, "get_buffer"))?.unbind(),
-                buffer_updated: protocol.getattr(pyo3::intern!(py, "buffer_updated"))?.unbind(),
-            }
+            Receiver::Buffered
         } else {
-            match protocol.getattr(pyo3::intern!(py, "data_received")) {
-                Ok(f) => Receiver::DataReceived(f.unbind()),
-                Err(_) => Receiver::LookUp,
-            }
+            Receiver::DataReceived
         };
         let previous = {
             let mut s = self.core.state();
@@ -506,13 +482,8 @@ super::base::transport_pymethods! {
         self.core.traverse(&visit, |x| {
             visit.call(&x.empty_waiter)?;
             match &x.receiver {
-                Some(Receiver::DataReceived(f)) => visit.call(f),
-                Some(Receiver::Buffered { get_buffer, buffer_updated }) => {
-                    visit.call(get_buffer)?;
-                    visit.call(buffer_updated)
-                }
                 Some(Receiver::Tls(tls)) => visit.call(tls),
-                Some(Receiver::LookUp | Receiver::StreamReader) | None => Ok(()),
+                _ => Ok(()),
             }
         })
     }

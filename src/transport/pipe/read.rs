@@ -12,17 +12,14 @@ use crate::transport::socket_io::{self, os_error, would_block};
 /// asyncio's `max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
 
+/// Nothing beyond the shared state: the protocol's `data_received` is
+/// looked up at each read, as asyncio does (a protocol may rebind it).
 #[derive(Default)]
-pub struct ReadState {
-    /// The protocol's `data_received`, looked up once at `set_protocol`;
-    /// None when it had none, so that each read looks it up and raises
-    /// what asyncio's `self._protocol.data_received(data)` raises.
-    data_received: Option<Py<PyAny>>,
-}
+pub struct ReadState;
 
 impl KindState for ReadState {
     fn release(&mut self) -> Box<dyn std::any::Any> {
-        Box::new(self.data_received.take())
+        Box::new(())
     }
 }
 
@@ -62,20 +59,12 @@ impl ReadPipeCore {
     /// `bytes`. Errors of `data_received` propagate to the loop's handle,
     /// which reports them, as asyncio's transport does not catch them.
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
-        let (target, lookup) = {
-            let s = self.core.state();
-            match (&s.extra.data_received, &s.protocol) {
-                (Some(f), _) => (f.clone_ref(py), false),
-                (None, Some(p)) => (p.clone_ref(py), true),
-                (None, None) => (py.None(), true),
-            }
-        };
+        let protocol = self.core.protocol(py).map_or_else(|| py.None(), Bound::unbind);
         let received = socket_io::with_read_buffer(MAX_READ, |buf| {
             socket_io::read_fd(self.core.fd(), buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
         });
         match received {
-            Ok(Some(data)) if lookup => target.bind(py).call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop),
-            Ok(Some(data)) => target.bind(py).call1((data,)).map(drop),
+            Ok(Some(data)) => protocol.bind(py).call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop),
             Ok(None) => self.on_eof(py),
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => self.core.fatal_error(py, os_error(e), "Fatal read error on pipe transport"),
@@ -120,12 +109,10 @@ impl ReadPipeCore {
     }
 
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) {
-        let py = protocol.py();
-        let data_received = protocol.getattr(pyo3::intern!(py, "data_received")).ok().map(Bound::unbind);
         let previous = {
             let mut s = self.core.state();
             s.protocol_connected = true;
-            (s.protocol.replace(protocol.clone().unbind()), std::mem::replace(&mut s.extra.data_received, data_received))
+            s.protocol.replace(protocol.clone().unbind())
         };
         drop(previous);
     }
@@ -149,10 +136,10 @@ impl ReadPipeCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.core.traverse(&visit, |x| visit.call(&x.data_received))
+        self.core.traverse(&visit, |_| Ok(()))
     }
 
     fn __clear__(&self) {
-        self.core.clear(|x| Box::new(x.data_received.take()));
+        self.core.clear(|_| Box::new(()));
     }
 }
