@@ -21,13 +21,41 @@ use crate::handles::Handle;
 use crate::pyhelpers;
 use crate::transport::base::must_propagate;
 use crate::transport::socket_io::{self, os_error, would_block};
-use crate::transport::stream::Chunk;
+
+/// Most bytes a `sock_recv` reads into the shared buffer; a larger request
+/// goes to asyncio's coroutine, whose `sock.recv(n)` allocates as CPython
+/// does (and raises MemoryError where an allocation here would abort).
+const MAX_FAST_RECV: usize = 256 * 1024;
+
+/// What `sock_sendall` sends: a `bytes`, or a view of the caller's buffer
+/// held (so exported, not resizable) until the send is over, as asyncio's
+/// memoryview is.
+enum SendData {
+    Bytes(PyBackedBytes),
+    View(PyBuffer<u8>),
+}
+
+impl SendData {
+    fn len(&self) -> usize {
+        match self {
+            SendData::Bytes(b) => b.len(),
+            SendData::View(v) => v.len_bytes(),
+        }
+    }
+
+    fn send(&self, fd: RawFd, offset: usize) -> std::io::Result<usize> {
+        match self {
+            SendData::Bytes(b) => socket_io::send(fd, &b[offset..]),
+            SendData::View(v) => socket_io::send_from_view(fd, v, offset),
+        }
+    }
+}
 
 /// One socket operation, with what it has done so far.
 enum Op {
     Recv { nbytes: usize },
     RecvInto { buf: Py<PyAny> },
-    SendAll { data: Chunk, sent: usize },
+    SendAll { data: SendData, sent: usize },
 }
 
 /// The outcome of one attempt.
@@ -45,6 +73,8 @@ impl Op {
             Err(e) => Attempt::Failed(os_error(e)),
         };
         match self {
+            // The socket module makes no call for zero bytes.
+            Op::Recv { nbytes: 0 } => Attempt::Done(PyBytes::new(py, b"").into_any().unbind()),
             Op::Recv { nbytes } => io(socket_io::with_read_buffer(*nbytes, |buf| {
                 socket_io::recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n]).into_any().unbind())
             })),
@@ -58,10 +88,10 @@ impl Op {
                     Err(e) => Attempt::Failed(e),
                 },
             },
-            Op::SendAll { data, sent } => match socket_io::send(fd, &data.as_ref()[*sent..]) {
+            Op::SendAll { data, sent } => match data.send(fd, *sent) {
                 Ok(n) => {
                     *sent += n;
-                    if *sent == data.as_ref().len() {
+                    if *sent == data.len() {
                         Attempt::Done(py.None())
                     } else {
                         Attempt::NotReady
@@ -231,7 +261,7 @@ fn standard<'py>(lp: &Bound<'py, LoopCore>, method: &str, args: (&Bound<'py, PyA
 #[pyfunction]
 pub fn sock_recv(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     match nbytes.cast::<PyInt>().ok().and_then(|n| n.extract::<usize>().ok()) {
-        Some(n) if fast_path(lp, sock)? => start(lp, sock, Op::Recv { nbytes: n }),
+        Some(n) if n <= MAX_FAST_RECV && fast_path(lp, sock)? => start(lp, sock, Op::Recv { nbytes: n }),
         _ => standard(lp, "sock_recv", (sock, nbytes)),
     }
 }
@@ -249,9 +279,9 @@ pub fn sock_recv_into(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, buf: &B
 #[pyfunction]
 pub fn sock_sendall(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let payload = match data.cast::<PyBytes>() {
-        Ok(b) => Chunk::Shared(PyBackedBytes::from(b.clone())),
+        Ok(b) => SendData::Bytes(PyBackedBytes::from(b.clone())),
         Err(_) => match PyBuffer::<u8>::get(data) {
-            Ok(view) if view.is_c_contiguous() && fast_path(lp, sock)? => Chunk::Owned(view.to_vec(data.py())?),
+            Ok(view) if view.is_c_contiguous() && fast_path(lp, sock)? => SendData::View(view),
             _ => return standard(lp, "sock_sendall", (sock, data)),
         },
     };

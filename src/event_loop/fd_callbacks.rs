@@ -4,7 +4,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -12,6 +12,7 @@ use pyo3::types::PyTuple;
 use super::{lock, LoopCore, Ready};
 use crate::handles::Handle;
 use crate::poller::{Readiness, Registrar, WAKER};
+use crate::transport::socket_io::os_error;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -154,24 +155,33 @@ impl FdTable {
     }
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object with a `fileno()`.
-pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
-    let fd: i64 = if obj.is_instance_of::<pyo3::types::PyInt>() {
-        obj.extract()?
+/// `selectors._fileobj_to_fd`: an int, or `int(obj.fileno())`. `None` for
+/// a number too large for a C int, which no fd can have.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = obj.py();
+    let number = if obj.is_instance_of::<pyo3::types::PyInt>() {
+        obj.clone()
     } else {
-        obj.call_method0(pyo3::intern!(obj.py(), "fileno"))
-            .and_then(|f| f.extract::<i64>())
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?
+        let invalid = |e: PyErr| {
+            if e.is_instance_of::<PyAttributeError>(py) || e.is_instance_of::<PyTypeError>(py) || e.is_instance_of::<PyValueError>(py) {
+                PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default()))
+            } else {
+                e
+            }
+        };
+        obj.call_method0(pyo3::intern!(py, "fileno"))
+            .and_then(|f| py.get_type::<pyo3::types::PyInt>().call1((f,)))
+            .map_err(invalid)?
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    if number.lt(0)? {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")));
     }
-    Ok(fd)
+    Ok(number.extract::<RawFd>().ok())
 }
 
-/// An fd number the kernel can take, or epoll's OverflowError.
-fn to_raw_fd(fd: i64) -> PyResult<RawFd> {
-    RawFd::try_from(fd).map_err(|_| PyOverflowError::new_err("signed integer is greater than maximum"))
+/// What epoll's registration raises for a number beyond a C int.
+fn too_large() -> PyErr {
+    PyOverflowError::new_err("Python int too large to convert to C int")
 }
 
 /// The public methods refuse an fd that a live transport owns (asyncio's
@@ -190,8 +200,7 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
         ensure_no_transport(slf, fileobj)?;
     }
     core.check_closed()?;
-    let fd = fileobj_to_fd(fileobj)?;
-    let fd = to_raw_fd(fd)?;
+    let fd = fileobj_to_fd(fileobj)?.ok_or_else(too_large)?;
     let handle = super::scheduling::new_fd_handle(slf, callback, args)?;
     let old = {
         let mut table = lock(&core.fds);
@@ -203,13 +212,14 @@ pub fn add(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, callback: Boun
             None => (dir == Dir::Read, dir == Dir::Write),
         };
         // The kernel vets the fd before the table grows to hold it.
-        table.set_interest(fd, r, w, registered)?;
+        table.set_interest(fd, r, w, registered).map_err(os_error)?;
         table.parked.remove(&fd);
         if !known {
             table.count(fd, true);
         }
+        // The object of the first registration stays (asyncio's selector
+        // key keeps it until the fd is unregistered).
         let entry = table.entry_mut(fd).get_or_insert_with(|| FdEntry::new(fileobj));
-        entry.fileobj = fileobj.clone().unbind();
         // Level-triggered from now on, whatever it was.
         entry.once = None;
         entry.slot(dir).replace(handle.clone_ref(py))
@@ -238,7 +248,7 @@ pub fn add_once(slf: &Bound<'_, LoopCore>, fd: RawFd, callback: Bound<'_, PyAny>
     let handle = super::scheduling::new_fd_handle(slf, callback, PyTuple::empty(py))?;
     let mut table = lock(&core.fds);
     let parked = table.parked.remove(&fd);
-    table.registrar()?.arm_once(fd, dir == Dir::Read, dir == Dir::Write, parked)?;
+    table.registrar().and_then(|r| r.arm_once(fd, dir == Dir::Read, dir == Dir::Write, parked)).map_err(os_error)?;
     table.count(fd, true);
     let entry = table.entry_mut(fd).insert(FdEntry::new(&fileobj));
     entry.once = Some(Once::Armed);
@@ -256,8 +266,7 @@ pub fn rearm(slf: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
     }
     entry.once = Some(Once::Armed);
     let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
-    table.registrar()?.arm_once(fd, r, w, true)?;
-    Ok(())
+    table.registrar().and_then(|reg| reg.arm_once(fd, r, w, true)).map_err(os_error)
 }
 
 /// Unregister the `dir` callback of `fileobj`; true if one was registered.
@@ -267,8 +276,8 @@ pub fn remove(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>, dir: Dir, p
         ensure_no_transport(slf, fileobj)?;
     }
     let fd = match fileobj_to_fd(fileobj) {
-        // Too large to have been registered.
-        Ok(fd) => RawFd::try_from(fd).ok(),
+        // None: too large to have been registered.
+        Ok(fd) => fd,
         Err(err) => match lock(&core.fds).find_fileobj(fileobj) {
             Some(fd) => Some(fd),
             None if core.is_closed() => None,
@@ -299,7 +308,10 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
     let (old, emptied) = {
         let mut table = lock(&core.fds);
         let Some(Some(entry)) = table.entries.get_mut(fd as usize) else { return Ok(false) };
-        let old = entry.slot(dir).take();
+        let Some(old) = entry.slot(dir).take() else {
+            // Nothing changes, and epoll is not asked (the fd may be closed).
+            return Ok(false);
+        };
         let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
         let fired = entry.once == Some(Once::Fired);
         let forget = if fired && !r && !w {
@@ -320,14 +332,9 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
         (old, emptied)
     };
     drop(emptied);
-    match old {
-        Some(old) => {
-            let old = old.into_bound(py);
-            old.get().cancel_inner(old.as_any())?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    let old = old.into_bound(py);
+    old.get().cancel_inner(old.as_any())?;
+    Ok(true)
 }
 
 /// Queue the callbacks of the fds that poll reported ready, and drop the

@@ -103,12 +103,29 @@ pub fn recv_into_object(fd: RawFd, buf: &Bound<'_, PyAny>) -> Option<io::Result<
     if view.readonly() || !view.is_c_contiguous() {
         return None;
     }
+    if view.len_bytes() == 0 {
+        // The socket module makes no call for an empty buffer.
+        return Some(Ok(0));
+    }
     // SAFETY: `view` keeps the exporter's memory alive and unmoved until it
     // is dropped at the end of this function; it is writable and contiguous
     // (checked above), `len_bytes` long; no Python code runs while the slice
     // is in use, so nothing else touches the memory meanwhile.
     let slice = unsafe { std::slice::from_raw_parts_mut(view.buf_ptr() as *mut u8, view.len_bytes()) };
     Some(recv(fd, slice))
+}
+
+/// `send(2)` of a Python buffer's bytes from `offset` on, read in place:
+/// as asyncio sends from a memoryview of the caller's object, a change the
+/// caller makes to the unsent part is what goes out.
+pub fn send_from_view(fd: RawFd, view: &PyBuffer<u8>, offset: usize) -> io::Result<usize> {
+    debug_assert!(view.is_c_contiguous());
+    // SAFETY: `view` holds the exporter's buffer (which cannot be resized or
+    // freed while exported), contiguous (checked by the caller when it took
+    // the view), `len_bytes` long; the GIL is held and no Python code runs
+    // during the call, so nothing writes to the memory meanwhile.
+    let all = unsafe { std::slice::from_raw_parts(view.buf_ptr() as *const u8, view.len_bytes()) };
+    send(fd, &all[offset.min(all.len())..])
 }
 
 // ----- raw fds (pipes, FIFOs, character devices) ------------------------------
