@@ -33,9 +33,9 @@ Determinism: a program records only what asyncio guarantees.
     watcher on it, and ferroloop would then take asyncio's path instead of
     its own pidfd one.
   * Known differences (asyncio bugs) are skipped by the programs and kept
-    as strict xfails (test_known_differences); ferroloop bugs stay in the
-    programs (an explicit @example each) and in test_found_differences,
-    which fail until they are fixed.
+    as strict xfails (test_known_differences); the ferroloop differences
+    found (fixed since) stay in the programs as an explicit @example each,
+    and in test_found_differences.
 
 Hunting: FUZZ_EXAMPLES=3000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 """
