@@ -21,14 +21,20 @@ async def _run_children():
     return [o for o, _ in outs], [p.returncode for p in procs], out, shell.returncode
 
 
-def test_results_match_standard_loop(factories):
+def _on_each_loop(factories, main):
+    """{loop name: what main() returned on a fresh loop of that kind}."""
     results = {}
     for name, factory in factories.items():
         loop = factory()
         try:
-            results[name] = loop.run_until_complete(_run_children())
+            results[name] = loop.run_until_complete(main())
         finally:
             loop.close()
+    return results
+
+
+def test_results_match_standard_loop(factories):
+    results = _on_each_loop(factories, _run_children)
     assert results["ferroloop"] == results["asyncio"]
     assert results["ferroloop"][1] == [0, 1, 2, 3]
 
@@ -101,12 +107,6 @@ def test_protocol_callback_contexts(factories):
     # 3.10/3.11's default child watcher reports the exit from its thread, so
     # process_exited() and connection_lost() see that thread's empty context;
     # 3.12+ watches a pidfd from the caller's context.
-    results = {}
-    for name, factory in factories.items():
-        loop = factory()
-        try:
-            results[name] = loop.run_until_complete(_callback_contexts())
-        finally:
-            loop.close()
+    results = _on_each_loop(factories, _callback_contexts)
     assert results["ferroloop"] == results["asyncio"]
     assert ("process_exited", "outer" if sys.version_info < (3, 12) else "inner") in results["ferroloop"]
