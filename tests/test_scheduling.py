@@ -171,6 +171,16 @@ def test_handle_cancel_api(loop):
     assert t.cancelled() is True
 
 
+def test_handle_get_context_only_where_asyncio_has_it(same):
+    def scenario(loop, trace):
+        h, t = loop.call_soon(print), loop.call_later(1, print)
+        trace.append((hasattr(h, "get_context"), hasattr(t, "get_context")))
+        h.cancel()
+        t.cancel()
+
+    assert same(scenario) == [(sys.version_info >= (3, 12),) * 2]
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12),
                     reason="Handle.get_context() is new in 3.12")
 @pytest.mark.uvloop_differs("uvloop handles lack get_context")

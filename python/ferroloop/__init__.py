@@ -14,6 +14,9 @@ from asyncio import events as _events
 from ._ferroloop import Handle, TimerHandle
 from ._loop import Loop
 
+if _sys.version_info < (3, 12):
+    del Handle.get_context  # asyncio's handles have it from 3.12 on
+
 __all__ = ("Loop", "new_event_loop", "run", "EventLoopPolicy", "install", "Handle", "TimerHandle")
 __version__ = "0.1.0"
 
