@@ -22,11 +22,6 @@ use crate::pyhelpers;
 use crate::transport::base::must_propagate;
 use crate::transport::socket_io::{self, os_error, would_block};
 
-/// Most bytes a `sock_recv` reads into the shared buffer; a larger request
-/// goes to asyncio's coroutine, whose `sock.recv(n)` allocates as CPython
-/// does (and raises MemoryError where an allocation here would abort).
-const MAX_FAST_RECV: usize = 256 * 1024;
-
 /// What `sock_sendall` sends: a `bytes`, or a view of the caller's buffer
 /// held (so exported, not resizable) until the send is over, as asyncio's
 /// memoryview is.
@@ -261,7 +256,10 @@ fn standard<'py>(lp: &Bound<'py, LoopCore>, method: &str, args: (&Bound<'py, PyA
 #[pyfunction]
 pub fn sock_recv(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     match nbytes.cast::<PyInt>().ok().and_then(|n| n.extract::<usize>().ok()) {
-        Some(n) if n <= MAX_FAST_RECV && fast_path(lp, sock)? => start(lp, sock, Op::Recv { nbytes: n }),
+        // More than the shared read buffer holds goes to asyncio's coroutine,
+        // whose `sock.recv(n)` allocates as CPython does (MemoryError where
+        // an allocation here would abort).
+        Some(n) if n <= socket_io::SHARED_READ_BUFFER && fast_path(lp, sock)? => start(lp, sock, Op::Recv { nbytes: n }),
         _ => standard(lp, "sock_recv", (sock, nbytes)),
     }
 }

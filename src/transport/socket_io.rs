@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use socket2::{SockRef, Socket};
 
 /// Reads of up to this size go through one buffer per thread.
-const SHARED_READ_BUFFER: usize = 256 * 1024;
+pub const SHARED_READ_BUFFER: usize = 256 * 1024;
 
 thread_local! {
     /// A loop reads from one socket at a time and copies out only what
