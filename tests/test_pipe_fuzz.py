@@ -37,6 +37,10 @@ Determinism: a program records only what asyncio guarantees.
     found (fixed since) stay in the programs as an explicit @example each,
     and in test_found_differences.
 
+The machinery shared with the other fuzz files (settings, payloads, trace
+recording, check_same, the Program interpreter base, known()) is in
+fuzz_support.py.
+
 Hunting: FUZZ_EXAMPLES=3000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 """
 
@@ -46,31 +50,26 @@ import errno
 import fcntl
 import gc
 import hashlib
-import logging
 import os
-import random
-import re
 import shlex
 import signal
 import socket
 import sys
 import tempfile
 import tty
-import warnings
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import IMPL, impl_factory, stdlib_factory
+import fuzz_support
 from conftest import outcome as _outcome
+from fuzz_support import (
+    SETTINGS, STEP_TIMEOUT, Everything, Payload, Program, Reacting, all_out, as_kind, digest, examples,
+    known, received_summary, record_handler, record_log, replace_protocol, spin, wait_until)
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
-SETTINGS = dict(deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"), print_blob=True,
-                database=None, suppress_health_check=list(HealthCheck))
-
-BLOCK = random.Random(4321).randbytes(4 * 1024 * 1024)
-STEP_TIMEOUT = 5.0
+payload = Payload(seed=4321)
+BLOCK = payload.block
 SOCKET_BUDGET = 32 * 1024   # bytes left unread in an idle (not jammed) socket
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -84,119 +83,16 @@ def outcome(fn, *args, **kwargs):
     return r if r[0] == "ok" else (r[0], r[1][:120])
 
 
-def examples(n):
-    return EXAMPLES or n
-
-
-def payload(seq, n):
-    start = (seq * 7919) % 65536
-    return BLOCK[start:start + n]
-
-
-def digest(data):
-    return (len(data), hashlib.sha1(data).hexdigest()[:10])
-
-
-def as_kind(data, kind):
-    """data as a bytes, bytearray, memoryview (or a str: misuse)."""
-    if kind == "bytearray":
-        return bytearray(data)
-    if kind == "memoryview":
-        return memoryview(b"<" + data + b">")[1:-1]
-    if kind == "str":
-        return data.decode("latin-1")
-    if kind == "ints":  # items of 4 bytes: len() is not the byte count
-        return memoryview(array.array("i", data[:len(data) // 4 * 4]))
-    return data
-
-
-def _norm_message(msg):
-    # the callback's repr names the transport's class: not compared
-    if msg.startswith("Exception in callback"):
-        return "Exception in callback"
-    return re.sub(r"<[^>]*>", "<...>", msg)
-
-
-def record_handler(loop, trace):
-    def handler(loop, ctx):
-        exc = ctx.get("exception")
-        trace.append(("handler", _norm_message(ctx["message"]), type(exc).__name__ if exc else None))
-    loop.set_exception_handler(handler)
-
-
-class record_log(logging.Handler):
-    """Warnings of the asyncio logger go into the trace."""
-
-    def __init__(self, trace):
-        super().__init__(logging.WARNING)
-        self.trace = trace
-
-    def emit(self, record):
-        self.trace.append(("log", record.levelname, _norm_message(record.getMessage())))
-
-    def __enter__(self):
-        logging.getLogger("asyncio").addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("asyncio").removeHandler(self)
-
-
-def _fresh_policy():
-    # The standard loop's subprocesses set a child watcher on the policy;
-    # ferroloop takes the standard path when one is set: a new policy for
-    # every run, so that ferroloop's own (pidfd) path is the one tested.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_event_loop_policy(None)
-
-
-def run_trace(factory, scenario, timeout=30.0):
-    """The scenario's trace on a new loop; a crash is part of the trace."""
-    _fresh_policy()
-    loop = factory()
-    trace = []
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(loop, trace), timeout))
-    except Exception as e:
-        trace.append(("scenario raised", type(e).__name__, str(e)))
-    finally:
-        loop.close()
-        _fresh_policy()
-    return trace
-
-
 def check_same(scenario):
-    expected = run_trace(stdlib_factory, scenario)
-    got = run_trace(impl_factory, scenario)
-    assert got == expected, f"\nferroloop: {got!r}\nasyncio:   {expected!r}"
-    return expected
-
-
-async def wait_until(predicate, timeout=STEP_TIMEOUT):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.001)
-    return True
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
+    """fuzz_support.check_same with a new policy around each run: the
+    standard loop's subprocesses set a child watcher on the policy, and
+    ferroloop takes the standard path when one is set; this way ferroloop's
+    own (pidfd) path is the one tested."""
+    return fuzz_support.check_same(scenario, timeout=30.0, new_policy=True)
 
 
 def exc_name(exc):
     return type(exc).__name__ if exc is not None else None
-
-
-class Everything:
-    """A `reacted` set that holds every callback: no reactions."""
-
-    def __contains__(self, item):
-        return True
 
 
 # ================================================================= the peers
@@ -269,29 +165,27 @@ def pipe_capacity(fd):
         return None
 
 
-# ================================================================ read pipes
+class PipeRecorder(Reacting, asyncio.Protocol):
+    """Records connection_made (and whether the transport's "pipe" is the
+    run's); runs the reactions scripted for each callback once."""
 
-class ReadRecorder(asyncio.Protocol):
     def __init__(self, run):
         self.run = run
-        self.data = bytearray()
         self.lost = asyncio.get_running_loop().create_future()
         self.reacted = set()
-
-    def react(self, name):
-        if name in self.reacted:
-            return
-        self.reacted.add(name)
-        for action in self.run.script.get(name, ()):
-            if action == "raise":
-                self.run.trace.append(("react", name, "raise"))
-                raise ZeroDivisionError(name)
-            self.run.trace.append(("react", name, action, self.run.act(action, name)))
 
     def connection_made(self, transport):
         self.run.transport = transport
         self.run.trace.append(("made", transport.get_extra_info("pipe") is self.run.pipe))
         self.react("connection_made")
+
+
+# ================================================================ read pipes
+
+class ReadRecorder(PipeRecorder):
+    def __init__(self, run):
+        super().__init__(run)
+        self.data = bytearray()
 
     def data_received(self, data):
         self.data += data
@@ -322,18 +216,14 @@ class ReadRecorder(asyncio.Protocol):
         self.react("connection_lost")
 
 
-class ReadRun:
+class ReadRun(Program):
     """Interprets a program against a read pipe transport and its peer."""
 
+    fields = ("family", "script", "eof_return", "pipe_size")
+
     def __init__(self, loop, trace, program):
-        self.loop, self.trace = loop, trace
-        self.family = program["family"]
-        self.script = program["script"]
-        self.eof_return = program["eof_return"]
-        self.ops = program["ops"]
-        self.pipe_size = program["pipe_size"]
+        super().__init__(loop, trace, program)
         self.end_by_peer = program.get("end_by_peer", False)
-        self.transport = None
         self.peer_sent = bytearray()
         self.peer_state = "open"   # "eof", "closed"
 
@@ -400,15 +290,13 @@ class ReadRun:
             return True
         return self.peer_state != "open"
 
-    async def settle(self):
-        await spin()
-        if not await wait_until(lambda: not self.busy()):
-            self.trace.append("settle timeout")
-        await spin()
-
     async def step(self, op):
         name = op[0]
-        if name == "peer_write":
+        if name == "sleep":
+            await spin(op[1])
+        elif name == "set_protocol":
+            self.trace.append((op, self.switch_protocol()))
+        elif name == "peer_write":
             self.trace.append((op, await self.peer_write(op[1])))
         elif name == "peer_eof":
             if self.peer_state == "open":
@@ -419,10 +307,6 @@ class ReadRun:
                 self.peer_state = "closed"
                 self.peer.close()
                 self.trace.append((op, "ok"))
-        elif name == "sleep":
-            await spin(op[1])
-        elif name == "set_protocol":
-            self.trace.append((op, self.switch_protocol()))
         else:
             self.trace.append((op, self.act(name)))
         await self.settle()
@@ -430,12 +314,7 @@ class ReadRun:
     def switch_protocol(self):
         if self.proto.lost.done():
             return "skip"
-        new = ReadRecorder(self)
-        new.reacted = Everything()
-        r = outcome(self.transport.set_protocol, new)
-        self.proto = new
-        self.protos.append(new)
-        return r, self.transport.get_protocol() is new
+        return replace_protocol(self, ReadRecorder(self))
 
     async def __call__(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -445,9 +324,7 @@ class ReadRun:
                 t, self.proto = await self.loop.connect_read_pipe(lambda: ReadRecorder(self), self.pipe)
                 self.protos = [self.proto]
                 self.trace.append(("connected", t is self.transport))
-                await self.settle()
-                for op in self.ops:
-                    await self.step(op)
+                await self.run_ops()
                 if self.end_by_peer:  # EOF (EIO for a PTY) if the transport still reads
                     await self.step(("peer_close",))
                 self.trace.append(("final close", outcome(self.transport.close)[0]))
@@ -479,17 +356,23 @@ EOF_RETURNS = st.sampled_from([None, True, False])
 PIPE_SIZES = st.sampled_from([None, 4096, 8192, 65536])
 
 
-@st.composite
-def read_programs(draw):
-    return dict(
+def pipe_program(draw, callbacks, reactions, **rest):
+    """A pipe program: its family, pipe capacity and script (reactions to
+    `callbacks`), then the `rest` drawn in order."""
+    program = dict(
         family=draw(st.sampled_from(["pipe", "pipe", "fifo", "socket", "pty"])),
         pipe_size=draw(PIPE_SIZES),
-        script=draw(st.dictionaries(st.sampled_from(READ_CALLBACKS),
-                                    st.lists(READ_REACTIONS, min_size=1, max_size=2), max_size=2)),
-        eof_return=draw(EOF_RETURNS),
-        ops=draw(READ_OPS),
-        end_by_peer=draw(st.booleans()),
+        script=draw(st.dictionaries(st.sampled_from(callbacks),
+                                    st.lists(reactions, min_size=1, max_size=2), max_size=2)),
     )
+    program.update((key, draw(strategy)) for key, strategy in rest.items())
+    return program
+
+
+@st.composite
+def read_programs(draw):
+    return pipe_program(draw, READ_CALLBACKS, READ_REACTIONS,
+                        eof_return=EOF_RETURNS, ops=READ_OPS, end_by_peer=st.booleans())
 
 
 @settings(max_examples=examples(100), **SETTINGS)
@@ -510,19 +393,7 @@ def test_read_pipe_programs(impl, program):
 
 # =============================================================== write pipes
 
-class WriteRecorder(asyncio.Protocol):
-    def __init__(self, run):
-        self.run = run
-        self.lost = asyncio.get_running_loop().create_future()
-        self.reacted = set()
-
-    react = ReadRecorder.react
-
-    def connection_made(self, transport):
-        self.run.transport = transport
-        self.run.trace.append(("made", transport.get_extra_info("pipe") is self.run.pipe))
-        self.react("connection_made")
-
+class WriteRecorder(PipeRecorder):
     def pause_writing(self):
         if self.run.exact:
             self.run.trace.append(("pause_writing", self.run.transport.get_write_buffer_size()))
@@ -539,19 +410,16 @@ class WriteRecorder(asyncio.Protocol):
         self.react("connection_lost")
 
 
-class WriteRun:
+class WriteRun(Program):
     """Interprets a program against a write pipe transport and its peer."""
 
+    fields = ("family", "script", "pipe_size")
+
     def __init__(self, loop, trace, program):
-        self.loop, self.trace = loop, trace
-        self.family = program["family"]
-        self.script = program["script"]
-        self.ops = program["ops"]
-        self.pipe_size = program["pipe_size"]
+        super().__init__(loop, trace, program)
         # a PTY takes in what it wants when it wants: the peer reads after
         # each write there, sizes and marks are not compared
         self.exact = self.family != "pty"
-        self.transport = None
         self.expected = bytearray()
         self.filler = []
         self.received = bytearray()
@@ -588,7 +456,7 @@ class WriteRun:
         t = self.transport
         self.seq += 1
         if name == "writelines":
-            chunks = [payload(self.seq + i, n) for i, n in enumerate(sizes)]
+            chunks = payload.items(self.seq, sizes)
             arg = [as_kind(c, kind) for c in chunks]
             data = b"".join(chunks)
             method = t.writelines
@@ -648,11 +516,7 @@ class WriteRun:
             return "skip"
 
         def done():
-            if until_eof:
-                return False
-            t = self.transport
-            return len(self.received) >= len(self.expected) and (
-                t.get_write_buffer_size() == 0 or t._conn_lost)
+            return not until_eof and all_out(self.transport, self.received, self.expected)
 
         deadline = self.loop.time() + STEP_TIMEOUT
         while not done():
@@ -675,13 +539,6 @@ class WriteRun:
         self.idle_unread = 0
         return "ok"
 
-    def without_filler(self, data):
-        out, pos = bytearray(), 0
-        for offset, n in self.filler:
-            out += data[pos:offset]
-            pos = offset + n
-        return out + data[pos:]
-
     def notices_peer(self):
         """asyncio watches the write end for the read end closing (pipes, sockets)."""
         return self.family != "pty"
@@ -690,12 +547,6 @@ class WriteRun:
         if self.proto.lost.done():
             return False
         return self.notices_peer() and self.peer_state != "open"
-
-    async def settle(self):
-        await spin()
-        if not await wait_until(lambda: not self.busy()):
-            self.trace.append("settle timeout")
-        await spin()
 
     async def step(self, op):
         name = op[0]
@@ -743,9 +594,7 @@ class WriteRun:
             try:
                 t, self.proto = await self.loop.connect_write_pipe(lambda: WriteRecorder(self), self.pipe)
                 self.trace.append(("connected", t is self.transport, self.size()))
-                await self.settle()
-                for op in self.ops:
-                    await self.step(op)
+                await self.run_ops()
                 if self.family == "pty":
                     # what the slave side sees once the master closes is not compared
                     self.trace.append(("final read", await self.peer_read(until_eof=False)))
@@ -755,15 +604,8 @@ class WriteRun:
                 if not await wait_until(self.proto.lost.done):
                     self.trace.append("connection_lost never called")
                 await spin()
-                if self.received == self.expected:
-                    got = ("all", digest(self.without_filler(self.received)))
-                elif self.expected.startswith(self.received):
-                    got = ("prefix", digest(self.without_filler(self.received)) if self.peer_state == "open"
-                           else None)
-                else:
-                    i = next((i for i, (a, b) in enumerate(zip(self.received, self.expected)) if a != b), None)
-                    got = ("CORRUPT", len(self.received), len(self.expected), i)
-                self.trace.append(("peer received",) + got)
+                self.trace.append(("peer received",) + received_summary(
+                    self.received, self.expected, self.filler, show_prefix=self.peer_state == "open"))
             finally:
                 if self.transport is not None and not self.proto.lost.done():
                     outcome(self.transport.abort)
@@ -800,13 +642,8 @@ WRITE_CALLBACKS = ["connection_made", "pause_writing", "resume_writing", "connec
 
 @st.composite
 def write_programs(draw):
-    return dict(
-        family=draw(st.sampled_from(["pipe", "pipe", "fifo", "socket", "pty"])),
-        pipe_size=draw(PIPE_SIZES),
-        script=draw(st.dictionaries(st.sampled_from(WRITE_CALLBACKS),
-                                    st.lists(WRITE_REACTIONS, min_size=1, max_size=2), max_size=2)),
-        ops=draw(st.lists(st.one_of(WRITE_CALLS, WRITE_CALLS, WRITE_PEER_OPS), max_size=14)),
-    )
+    return pipe_program(draw, WRITE_CALLBACKS, WRITE_REACTIONS,
+                        ops=st.lists(st.one_of(WRITE_CALLS, WRITE_CALLS, WRITE_PEER_OPS), max_size=14))
 
 
 @settings(max_examples=examples(70), **SETTINGS)
@@ -927,19 +764,14 @@ class SubprocRecorder(asyncio.SubprocessProtocol):
         return made_first, lost_last, data_before_loss, alternate
 
 
-class SubprocRun:
+class SubprocRun(Program):
     """A subprocess transport with a recording protocol; the child is
     signalled only while blocked or once it exited."""
 
+    fields = ("child", "shell", "stderr", "stdin", "raising")
+
     def __init__(self, loop, trace, program):
-        self.loop, self.trace = loop, trace
-        self.child = program["child"]
-        self.shell = program["shell"]
-        self.stderr = program["stderr"]
-        self.stdin = program["stdin"]
-        self.raising = program["raising"]
-        self.ops = program["ops"]
-        self.transport = None
+        super().__init__(loop, trace, program)
         self.stdin_data = bytearray()
         self.stdin_closed = False
         self.signalled = False
@@ -992,12 +824,6 @@ class SubprocRun:
             # the pipes that still read reach EOF; then connection_lost
             return not any(self.paused(fd) for fd in self.read_fds())
         return False
-
-    async def settle(self):
-        await spin()
-        if not await wait_until(lambda: not self.busy()):
-            self.trace.append("settle timeout")
-        await spin()
 
     def finished(self):
         return self.proto.lost.done()
@@ -1079,9 +905,7 @@ class SubprocRun:
             self.trace.append(("connected", t is self.transport))
             if self.child["stdin_mode"] == "close" and self.stdin:
                 await wait_until(lambda: 0 in self.proto.lost_fds)
-            await self.settle()
-            for op in self.ops:
-                await self.step(op)
+            await self.run_ops()
             # the end: let a blocked child go, resume paused pipes
             for fd in self.read_fds():
                 pt = t.get_pipe_transport(fd)
@@ -1246,20 +1070,14 @@ async def process_scenario(loop, trace, program):
     for what in program["after"]:
         if what == "stdin_write":
             trace.append((what, outcome(p.stdin.write, b"late"), p.stdin.is_closing()))
-        elif what == "drain":
+        elif what in ("drain", "wait_closed"):
             try:
-                await asyncio.wait_for(p.stdin.drain(), 1.0)
+                await asyncio.wait_for(getattr(p.stdin, what)(), 1.0)
                 trace.append((what, "ok"))
             except Exception as e:
                 trace.append((what, type(e).__name__, str(e)))
         elif what == "stdin_close":
             trace.append((what, outcome(p.stdin.close)))
-        elif what == "wait_closed":
-            try:
-                await asyncio.wait_for(p.stdin.wait_closed(), 1.0)
-                trace.append((what, "ok"))
-            except Exception as e:
-                trace.append((what, type(e).__name__, str(e)))
         elif what in ("kill", "terminate"):
             trace.append((what, outcome(getattr(p, what))))
         elif what == "send_signal":
@@ -1294,14 +1112,6 @@ def test_process_programs(impl, program):
 
 # ========================================================= known differences
 # Found by the programs above. Each scenario fills a trace.
-
-def _known(id, scenario, reason, since=(3, 10), before=(4,)):
-    applies = since <= sys.version_info[:2] < before
-    return pytest.param(scenario, id=id, marks=[
-        pytest.mark.skipif(not applies, reason="no difference on this Python"),
-        pytest.mark.skipif(IMPL is None or IMPL.name != "ferroloop", reason="ferroloop's differences"),
-        pytest.mark.xfail(strict=True, reason="ferroloop differs: " + reason)])
-
 
 async def _write_pipe(loop, protocol=asyncio.Protocol):
     r, w = os.pipe()
@@ -1365,10 +1175,10 @@ async def read_pipe_rebound_data_received(loop, trace):
 KNOWN = [
     # Where asyncio loses or corrupts data, hangs, or fails on its own
     # state, ferroloop keeps the sound behaviour.
-    _known("write_pipe_memoryview_of_ints", write_pipe_memoryview_of_ints,
+    known("write_pipe_memoryview_of_ints", write_pipe_memoryview_of_ints,
            "a memoryview of 4-byte items is sent whole (asyncio compares the bytes written with "
            "len(), a count of items, slices the unsent rest by items and sends the wrong bytes)"),
-    _known("write_pipe_small_memoryview_of_ints", write_pipe_small_memoryview_of_ints,
+    known("write_pipe_small_memoryview_of_ints", write_pipe_small_memoryview_of_ints,
            "a memoryview of 4-byte items that goes out at once is done with (asyncio takes it for "
            "a partial write and registers a writer with nothing queued: AssertionError 'Data should "
            "not be empty' at every iteration of the loop, for ever)"),

@@ -40,15 +40,16 @@ scenarios in test_found_bugs. Huge nbytes for sock_recv once aborted
 ferroloop's process: test_recv_huge_nbytes runs them in a child
 interpreter, the programs do not draw them.
 
+The machinery shared with the other fuzz files (settings, payloads, trace
+recording, check_same, the Program interpreter base, known()/case()) is in
+fuzz_support.py.
+
 Hunting: FUZZ_EXAMPLES=3000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 """
 
 import array
 import asyncio
-import hashlib
-import logging
 import os
-import random
 import re
 import select
 import socket
@@ -57,96 +58,27 @@ import sys
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import IMPL, impl_factory, outcome, run_python, stdlib_factory
+import fuzz_support
+from conftest import outcome, run_python
+from fuzz_support import (
+    SETTINGS, STEP_TIMEOUT, Payload, Program, as_kind, case, digest, examples, known, record_log, spin)
+from fuzz_support import norm_message as _norm_message  # the name the @given tests use
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
-SETTINGS = dict(deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"), print_blob=True,
-                database=None, suppress_health_check=list(HealthCheck))
 PY311 = sys.version_info >= (3, 11)
 
-BLOCK = random.Random(4321).randbytes(4 * 1024 * 1024)
+payload = Payload(seed=4321)
 PEER_UNREAD_MAX = 48 * 1024   # bytes the peer may send that we have not read
 DGRAM_UNREAD_MAX = 6          # datagrams likewise (unix datagram queues are short)
-STEP_TIMEOUT = 5.0
 SHORT = 0.05                  # wait_for timeouts of operations that cannot finish
 
 
-def examples(n):
-    return EXAMPLES or n
-
-
-def payload(seq, n):
-    start = (seq * 7919) % 65536
-    return BLOCK[start:start + n]
-
-
-def digest(data):
-    return (len(data), hashlib.sha1(bytes(data)).hexdigest()[:10])
-
-
-def _norm_message(msg):
-    if msg.startswith("Exception in callback"):
-        return "Exception in callback"
-    return re.sub(r"<[^>]*>", "<...>", msg)
-
-
-class record_log(logging.Handler):
-    """Warnings of the asyncio logger go into a list."""
-
-    def __init__(self, sink):
-        super().__init__(logging.WARNING)
-        self.sink = sink
-
-    def emit(self, record):
-        self.sink.append(("log", record.levelname, _norm_message(record.getMessage())))
-
-    def __enter__(self):
-        logging.getLogger("asyncio").addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("asyncio").removeHandler(self)
-
-
-def run_trace(factory, scenario, timeout=60.0):
-    """The scenario's trace on a new loop; a crash is part of the trace."""
-    loop = factory()
-    trace = []
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(loop, trace), timeout))
-    except Exception as e:
-        trace.append(("scenario raised", type(e).__name__, str(e)))
-    finally:
-        loop.close()
-    return trace
-
-
 def check_same(scenario):
-    expected = run_trace(stdlib_factory, scenario)
-    # the program itself must run through on the standard loop
-    assert not any(isinstance(e, tuple) and e[0] == "scenario raised" or e == "settle timeout"
-                   for e in expected), expected
-    got = run_trace(impl_factory, scenario)
-    assert got == expected, f"\nferroloop: {got!r}\nasyncio:   {expected!r}"
-    return expected
-
-
-async def wait_until(predicate, timeout=STEP_TIMEOUT):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.001)
-    return True
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
+    """fuzz_support.check_same; the program itself must run through on the
+    standard loop."""
+    return fuzz_support.check_same(scenario, stdlib_must_finish=True)
 
 
 def ready(sock, events):
@@ -178,13 +110,15 @@ class Op:
         self.buf = None
 
 
-class SockRun:
+class SockRun(Program):
     """Interprets a program against one socket of ours and a plain peer."""
 
+    fields = ("family",)
+    settle_timeout = 2.0
+
     def __init__(self, loop, trace, program, tmp):
-        self.loop, self.trace, self.tmp = loop, trace, tmp
-        self.family = program["family"]
-        self.ops = program["ops"]
+        super().__init__(loop, trace, program)
+        self.tmp = tmp
         self.stream = self.family in ("tcp", "unix")
         self.exact = self.family != "tcp"
         self.started = []
@@ -291,7 +225,7 @@ class SockRun:
             return loop.sock_recvfrom_into(s, o.buf, *(() if op[2] is None else (op[2],)))
         if name == "sendall":
             o.data = payload(self.seq, op[1])
-            o.arg = self.as_kind(o.data, op[2])
+            o.arg = as_kind(o.data, op[2])
             return loop.sock_sendall(s, o.arg)
         if name == "sendto":
             o.data = payload(self.seq, op[1])
@@ -323,16 +257,6 @@ class SockRun:
         if kind == "array":
             return array.array("i", bytes(4 * size))
         return bytearray(size)
-
-    @staticmethod
-    def as_kind(data, kind):
-        if kind == "bytearray":
-            return bytearray(data)
-        if kind == "memoryview":
-            return memoryview(b"<" + data + b">")[1:-1]
-        if kind == "str":
-            return data.decode("latin-1")
-        return data
 
     def finished(self, o):
         """Done callback of an operation's task: its outcome in the trace."""
@@ -402,12 +326,6 @@ class SockRun:
             elif ready(self.ours, select.POLLIN if direction == "r" else select.POLLOUT):
                 return True
         return False
-
-    async def settle(self):
-        await spin()
-        if not await wait_until(lambda: not self.busy(), timeout=2.0):
-            self.trace.append("settle timeout")
-        await spin()
 
     # -------------------------------------------------------------- peer
     def unread(self):
@@ -694,9 +612,7 @@ class SockRun:
     async def __call__(self):
         await self.open()
         try:
-            await self.settle()
-            for op in self.ops:
-                await self.step(op)
+            await self.run_ops()
             await self.finish()
         finally:
             for o in self.started:
@@ -1247,59 +1163,38 @@ async def recv_cancelled_keeps_data(loop, trace):
         b.close()
 
 
-def _case(id, scenario, since=(3, 10)):
-    return pytest.param(scenario, id=id, marks=pytest.mark.skipif(
-        sys.version_info[:2] < since, reason="not on this Python"))
-
-
 @pytest.mark.parametrize("scenario", [
-    _case("sock_ops_on_transport_socket", sock_ops_on_transport_socket),
-    _case("recv_cancelled_keeps_data", recv_cancelled_keeps_data),
+    case("sock_ops_on_transport_socket", sock_ops_on_transport_socket),
+    case("recv_cancelled_keeps_data", recv_cancelled_keeps_data),
 ])
 def test_edge_cases(impl, scenario):
     check_same(scenario)
 
 
-def _bug(id, scenario):
-    return pytest.param(scenario, id=id)
-
-
 @pytest.mark.parametrize("scenario", [
     # ferroloop differences the programs found, fixed since: run as plain
     # differential scenarios.
-    _bug("recv_zero_waits", recv_zero_waits),
-    _bug("huge_fd_overflow", huge_fd_overflow),
-    _bug("oserror_from_io_error", oserror_from_io_error),
-    _bug("sendall_bytearray_mutated", sendall_bytearray_mutated),
-    _bug("remove_other_dir_after_close", remove_other_dir_after_close),
-    _bug("fileobj_replaced", fileobj_replaced),
-])
+    recv_zero_waits, huge_fd_overflow, oserror_from_io_error, sendall_bytearray_mutated,
+    remove_other_dir_after_close, fileobj_replaced,
+], ids=lambda scenario: scenario.__name__)
 def test_found_bugs(impl, scenario):
     check_same(scenario)
-
-
-def _known(id, scenario, reason, since=(3, 10), before=(4,)):
-    applies = since <= sys.version_info[:2] < before
-    return pytest.param(scenario, id=id, marks=[
-        pytest.mark.skipif(not applies, reason="no difference on this Python"),
-        pytest.mark.skipif(IMPL is None or IMPL.name != "ferroloop", reason="ferroloop's differences"),
-        pytest.mark.xfail(strict=True, reason="ferroloop differs: " + reason)])
 
 
 @pytest.mark.parametrize("scenario", [
     # Where asyncio fails on its own stale state, ferroloop keeps the sound
     # behaviour; the programs do not go there (FdRun.stale).
-    _known("reused_number_add_reader", _reused_number("reader"),
+    known("reused_number_add_reader", _reused_number("reader"),
            "a socket closed while registered, a new one with its number: asyncio's selector "
            "keeps the old key and changes nothing in epoll, the new reader is never called; "
            "ferroloop registers the new socket"),
-    _known("reused_number_add_writer", _reused_number("writer"),
+    known("reused_number_add_writer", _reused_number("writer"),
            "the same with add_writer: asyncio's epoll.modify fails (FileNotFoundError) and it "
            "forgets the fd; ferroloop registers the new socket"),
-    _known("remove_after_close_with_both", remove_after_close_with_both,
+    known("remove_after_close_with_both", remove_after_close_with_both,
            "remove_reader of a closed fd that also has a writer: asyncio's epoll.modify fails, "
            "OSError EBADF escapes and its selector forgets the fd; ferroloop returns True"),
-    _known("add_reader_closed_registered_number", add_reader_closed_registered_number,
+    known("add_reader_closed_registered_number", add_reader_closed_registered_number,
            "add_reader of a closed number (or closed socket object) still in asyncio's selector "
            "map succeeds silently (nothing is polled); ferroloop raises OSError EBADF (ValueError "
            "'Invalid file descriptor: -1') as for any closed fd"),

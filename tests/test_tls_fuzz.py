@@ -33,6 +33,10 @@ Determinism: a program records only what asyncio guarantees.
   * Known differences are skipped by the programs and kept as strict xfails
     (test_known_differences).
 
+The machinery shared with the other fuzz files is in fuzz_support.py; the
+TLS runs build on its RecorderRun and StreamsAPIRun, as the plain socket
+runs of test_transport_fuzz.py do (same protocols, same payload bytes).
+
 Hunting: FUZZ_EXAMPLES=3000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 """
 
@@ -49,13 +53,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test.test_asyncio import utils as test_utils
 
-from conftest import IMPL, outcome
-from test_transport_fuzz import (
-    SETTINGS, Everything, as_kind, check_same, digest, examples, payload, record_handler, record_log,
-    spin, wait_until)
+from conftest import outcome
+from fuzz_support import (
+    SETTINGS, BufferedRecorder, Payload, Recorder, RecorderRun, StreamsAPIRun, as_kind, check_same,
+    digest, examples, jam_fd, known, received_summary, record_handler, record_log, recorded,
+    recorder_program, sendall, spin, until_still, wait_until)
 
+payload = Payload(seed=1234)  # the bytes of test_transport_fuzz.py
 STEP_TIMEOUT = 3.0
-SMALL_BUDGET = 32 * 1024     # encrypted bytes left unread in an idle (not jammed) socket
 PEER_UNREAD_MAX = 320 * 1024  # plaintext the peer may send that is not yet delivered
 PY311 = sys.version_info >= (3, 11)
 
@@ -128,10 +133,7 @@ class Peer:
     async def flush(self):
         data = self.outb.read()
         if data and self.state != "closed":
-            try:
-                await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), STEP_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as e:
-                return type(e).__name__
+            return await sendall(self.loop, self.sock, data, STEP_TIMEOUT)
         return "ok"
 
     def feed(self):
@@ -227,11 +229,7 @@ class Peer:
     async def send_raw(self, data):
         if self.state == "closed":
             return "skip"
-        try:
-            await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), STEP_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as e:
-            return type(e).__name__
-        return "ok"
+        return await sendall(self.loop, self.sock, data, STEP_TIMEOUT)
 
     async def notify(self):
         """Send close_notify."""
@@ -288,75 +286,6 @@ class Peer:
 
 # ================================================================== protocols
 
-class Recorder(asyncio.Protocol):
-    """Records its callbacks in the run's trace; the first call of each
-    callback runs the reactions the program scripted for it."""
-
-    def __init__(self, run):
-        self.run = run
-        self.data = bytearray()
-        self.eof = False
-        self.lost = asyncio.get_running_loop().create_future()
-        self.reacted = set()
-
-    def react(self, name):
-        if name in self.reacted:
-            return
-        self.reacted.add(name)
-        for action in self.run.script.get(name, ()):
-            if action == "raise":
-                self.run.trace.append(("react", name, "raise"))
-                raise ZeroDivisionError(name)
-            self.run.trace.append(("react", name, action, self.run.act(action, name)))
-
-    def connection_made(self, transport):
-        self.run.transport = transport
-        self.run.trace.append(("made", isinstance(transport, asyncio.sslproto._SSLProtocolTransport)))
-        self.react("connection_made")
-
-    def data_received(self, data):
-        self.data += data
-        self.react("data_received")
-
-    def eof_received(self):
-        self.eof = True
-        self.run.trace.append(("eof", len(self.data)))
-        self.react("eof_received")
-        return self.run.eof_return
-
-    def pause_writing(self):
-        if self.run.exact:
-            self.run.trace.append("pause_writing")
-            self.react("pause_writing")
-
-    def resume_writing(self):
-        if self.run.exact:
-            self.run.trace.append("resume_writing")
-            self.react("resume_writing")
-
-    def connection_lost(self, exc):
-        self.run.trace.append(("lost", type(exc).__name__ if exc else None))
-        self.lost.set_result(None)
-        self.react("connection_lost")
-
-
-class BufferedRecorder(Recorder, asyncio.BufferedProtocol):
-    """The same through get_buffer()/buffer_updated()."""
-
-    def get_buffer(self, sizehint):
-        self.react("get_buffer")
-        size, kind = self.run.buffer
-        self.buf = {"bytearray": lambda: bytearray(size),
-                    "memoryview": lambda: memoryview(bytearray(size + 2))[1:-1],
-                    "array": lambda: array.array("i", bytes(4 * size)),  # items of 4 bytes
-                    "bytes": lambda: bytes(size)}[kind]()                # read-only: misuse
-        return self.buf
-
-    def buffer_updated(self, nbytes):
-        self.data += memoryview(self.buf).cast("B")[:nbytes]
-        self.react("buffer_updated")
-
-
 class _Plain(asyncio.Protocol):
     """The protocol of a plain transport before start_tls."""
 
@@ -367,20 +296,14 @@ EXTRA_KEYS = ["ssl_object", "peercert", "cipher", "compression", "sslcontext", "
               "peername", "sockname", "nonexistent"]
 
 
-class TlsRun:
+class TlsRun(RecorderRun):
     """Interprets a program against one TLS transport and its peer."""
 
+    fields = RecorderRun.fields + ("on_notify",)
+
     def __init__(self, loop, trace, program):
-        self.loop = loop
-        self.trace = trace
-        self.family = program["family"]
-        self.script = program["script"]
-        self.eof_return = program["eof_return"]
-        self.buffer = program["buffer"]
-        self.ops = program["ops"]
-        self.on_notify = program["on_notify"]
+        super().__init__(loop, trace, program)
         self.exact = self.family.startswith(("unix", "pair", "starttls"))
-        self.transport = None
         self.proto = None
         self.protos = []
         self.peer = None
@@ -391,6 +314,10 @@ class TlsRun:
         self.seq = 0
         self.ctx = None               # the loop side's SSLContext
 
+    def made(self, transport):
+        """The Recorder's connection_made entry."""
+        return ("made", isinstance(transport, asyncio.sslproto._SSLProtocolTransport))
+
     def make_proto(self):
         p = (BufferedRecorder if self.buffer else Recorder)(self)
         self.protos.append(p)
@@ -398,13 +325,9 @@ class TlsRun:
         return p
 
     # ----------------------------------------------------------- transport
-    def act(self, action, callback=None):
+    def call(self, name, action):
+        """A transport call other than a write."""
         t = self.transport
-        name = action[0] if isinstance(action, tuple) else action
-        if self.known_difference(action, callback):
-            return "skipped"
-        if name in ("write", "writelines"):
-            return self.write(action)
         if name == "limits":
             _, high, low = action
             r = outcome(t.set_write_buffer_limits, high, low)
@@ -452,10 +375,10 @@ class TlsRun:
 
     def write(self, action):
         name, sizes, kind = action
-        t = self.transport
         self.seq += 1
+        t = self.transport
         if name == "writelines":
-            chunks = [payload(self.seq + i, n) for i, n in enumerate(sizes)]
+            chunks = payload.items(self.seq, sizes)
             arg = [5 if kind == "int" else as_kind(c, kind if kind != "iter" else "bytes") for c in chunks]
             arg = iter(arg) if kind == "iter" else arg
             data = b"".join(chunks)
@@ -491,25 +414,13 @@ class TlsRun:
         # the filler starts where the stream is now
         self.peer.recv_available()
         cursor = len(self.peer.raw)
-        with socket.socket(fileno=os.dup(t.get_extra_info("socket").fileno())) as sock:
-            sock.setblocking(False)
-            quiet_rounds = 0
-            while quiet_rounds < 2:
-                sent = 0
-                while True:
-                    try:
-                        n = sock.send(b"\0" * 65536)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        self.jammed = True
-                        return
-                    self.peer.skips.append((cursor, n))
-                    cursor += n
-                    sent += n
-                quiet_rounds = quiet_rounds + 1 if sent == 0 else 0
-                await asyncio.sleep(0.002)
-        self.jammed = True
+
+        def record(n):
+            nonlocal cursor
+            self.peer.skips.append((cursor, n))
+            cursor += n
+        await jam_fd(t.get_extra_info("socket").fileno(), b"\0" * 65536, record)
+        self.jammed = True  # (or the peer is gone)
 
     async def peer_read(self, until_eof=False):
         self.jammed = False
@@ -541,9 +452,6 @@ class TlsRun:
         raise AssertionError(op)
 
     # ------------------------------------------------------------ stepping
-    def delivered(self):
-        return sum(len(p.data) for p in self.protos)
-
     def busy(self):
         """Something the standard loop guarantees to happen is still due."""
         t, p = self.transport, self.proto
@@ -566,57 +474,22 @@ class TlsRun:
 
         def state():
             return len(self.trace), self.delivered(), self.proto.lost.done()
-        for _ in range(100):
-            before = state()
-            for _ in range(3):
-                await asyncio.sleep(0.002)
-            if state() == before:
-                break
+        await until_still(state, 100, 3, 0.002)
         await spin()
 
     async def step(self, op):
-        name = op[0]
+        if op[0] != "late":
+            return await super().step(op)
+        # the calls after the transport is gone (asyncio's own state)
         t = self.transport
-        if name in ("write", "writelines"):
-            size = sum(op[1]) if name == "writelines" else op[1]
-            if self.exact and not self.jammed and self.idle_unread + size > SMALL_BUDGET:
-                await self.jam()
-            self.trace.append((op, self.act(op)))
-            if not self.exact:
-                await self.peer_read()
-        elif name == "jam":
-            await self.jam()
-            self.trace.append((op, self.size()))
-        elif name == "drain":
-            self.trace.append((op, await self.peer_read()))
-        elif name.startswith("peer_"):
-            self.trace.append((op, await self.peer_op(op)))
-        elif name == "sleep":
-            await spin(op[1])
-        elif name == "set_protocol":
-            self.trace.append((op, self.switch_protocol()))
-        elif name == "late":
-            # the calls after the transport is gone (asyncio's own state)
-            self.trace.append((op, outcome(t.get_write_buffer_size)[0], outcome(t.is_reading),
-                               outcome(t.get_protocol)[0], outcome(t.get_write_buffer_limits)))
-        else:
-            self.trace.append((op, self.act(op)))
+        self.trace.append((op, outcome(t.get_write_buffer_size)[0], outcome(t.is_reading),
+                           outcome(t.get_protocol)[0], outcome(t.get_write_buffer_limits)))
         await self.settle()
 
     def switch_protocol(self):
-        """set_protocol() with a new protocol of the other kind (it reacts to nothing)."""
-        if self.proto.lost.done():
-            return "skip"
-        if isinstance(self.proto, BufferedRecorder):
-            new = Recorder(self)
-        else:
-            new = BufferedRecorder(self)
-            self.buffer = self.buffer or (4096, "bytearray")
-        new.reacted = Everything()
-        r = outcome(self.transport.set_protocol, new)
-        self.proto = new
-        self.protos.append(new)
-        return r[0], self.transport.get_protocol() is new
+        """set_protocol() with a new recorder; the outcome's first item only."""
+        r = super().switch_protocol()
+        return r if r == "skip" else (r[0][0], r[1])
 
     # ------------------------------------------------------------- opening
     async def open(self, tmp):
@@ -703,15 +576,8 @@ class TlsRun:
         # after connection_lost: whether the peer or the loop sees the end first is timing
         self.trace.append(("final read", final_read))
         self.trace.append(("peer ended", self.peer.ended))
-        got = self.peer.plain
-        if got == self.expected:
-            r = ("all", digest(got))
-        elif self.expected.startswith(got):
-            r = ("prefix", digest(got) if self.exact else None)
-        else:
-            i = next((i for i, (a, b) in enumerate(zip(got, self.expected)) if a != b), None)
-            r = ("CORRUPT", len(got), len(self.expected), i)
-        self.trace.append(("peer received",) + r)
+        self.trace.append(("peer received",) + received_summary(self.peer.plain, self.expected,
+                                                               show_prefix=self.exact))
         data = b"".join(q.data for q in self.protos)
         self.trace.append(("protocol received", len(data), data == self.peer.sent[:len(data)]))
         self.trace.append(("late", outcome(t.get_extra_info, "peercert", "gone")[0],
@@ -724,9 +590,7 @@ class TlsRun:
                 if self.transport is None or self.peer is None:
                     await spin()
                     return
-                await self.settle()
-                for op in self.ops:
-                    await self.step(op)
+                await self.run_ops()
                 await self.finish()
             finally:
                 if self.transport is not None and not self.proto.lost.done():
@@ -771,11 +635,6 @@ REACTION = st.one_of(
     st.tuples(st.just("extra"), st.sampled_from(EXTRA_KEYS)),
     st.sampled_from(["close", "abort", "write_eof", "pause_reading", "resume_reading", "raise", "size"]),
 )
-CALLBACKS = ["connection_made", "data_received", "eof_received", "pause_writing",
-             "resume_writing", "connection_lost"]
-BUFFERED_CALLBACKS = CALLBACKS[:1] + ["get_buffer", "buffer_updated"] + CALLBACKS[2:]
-
-
 def scripts(callbacks):
     def ok(item):
         cb, actions = item
@@ -791,24 +650,14 @@ FAMILIES = ["tcp", "unix", "pair", "tcp-server", "unix-server", "starttls"]
 
 @st.composite
 def tls_programs(draw, buffered=False):
-    return dict(
-        family=draw(st.sampled_from(FAMILIES)),
-        script=draw(scripts(BUFFERED_CALLBACKS if buffered else CALLBACKS)),
-        eof_return=draw(EOF_RETURNS),
-        on_notify=draw(st.sampled_from(["reply", "reply", "close"])),
-        # (a buffer of 0 bytes reads as EOF, when whatever comes first comes: session tickets)
-        buffer=draw(st.tuples(st.sampled_from([1, 7, 100, 4096, 65536, 300_000]),
-                              st.sampled_from(["bytearray", "memoryview", "array", "bytes"]))) if buffered else None,
-        ops=draw(OPS),
-    )
+    # (a buffer of 0 bytes reads as EOF, when whatever comes first comes: session tickets)
+    return recorder_program(draw, FAMILIES, scripts, EOF_RETURNS, OPS,
+                            buffer_sizes=[1, 7, 100, 4096, 65536, 300_000] if buffered else None,
+                            on_notify=st.sampled_from(["reply", "reply", "close"]))
 
 
 def tls_scenario(program):
-    async def scenario(loop, trace):
-        record_handler(loop, trace)
-        with record_log(trace):
-            await TlsRun(loop, trace, program)()
-    return scenario
+    return recorded(TlsRun, program)
 
 
 @settings(max_examples=examples(20), **SETTINGS)
@@ -1020,23 +869,13 @@ def test_tls_handshake_programs(impl, program):
 
 # ================================================================ streams API
 
-class StreamsTlsRun(TlsRun):
+class StreamsTlsRun(StreamsAPIRun, TlsRun):
     """The streams API over TLS with the same peer: reads of every kind as
     tasks (their results go in the trace when done), writes, drain, close."""
 
     def __init__(self, loop, trace, program):
-        super().__init__(loop, trace, dict(program, script={}, eof_return=None, buffer=None,
-                                           on_notify="reply"))
+        super().__init__(loop, trace, dict(program, on_notify="reply"))
         self.exact = False
-        self.limit = program["limit"]
-        self.tasks = []
-        self.reading = []
-
-    def delivered(self):
-        return 0
-
-    def busy(self):
-        return False
 
     async def settle(self):
         """Run until nothing changes for a few milliseconds."""
@@ -1053,30 +892,8 @@ class StreamsTlsRun(TlsRun):
             t = self.transport
             await wait_until(lambda: t.is_closing() or not t.is_reading() or not unread(t) and (
                 getattr(ssl_protocol(t), "_incoming", None) is None or not ssl_protocol(t)._incoming.pending))
-        for _ in range(200):
-            before = state()
-            for _ in range(4):
-                await asyncio.sleep(0.003)
-            if state() == before:
-                break
+        await until_still(state, 200, 4, 0.003)
         await spin()
-
-    def start(self, label, coro):
-        def done(task):
-            if task.cancelled():
-                self.trace.append(("done", label, "cancelled"))
-                return
-            exc = task.exception()
-            if exc is None:
-                r = task.result()
-                self.trace.append(("done", label, digest(r) if isinstance(r, bytes) else r))
-            else:
-                detail = (len(exc.partial), exc.expected) if isinstance(exc, asyncio.IncompleteReadError) else \
-                    exc.consumed if isinstance(exc, asyncio.LimitOverrunError) else None
-                self.trace.append(("done", label, type(exc).__name__, str(exc), detail))
-        task = self.loop.create_task(coro)
-        task.add_done_callback(done)
-        self.tasks.append(task)
 
     async def open(self, tmp):
         loop, fam = self.loop, self.family
@@ -1137,15 +954,10 @@ class StreamsTlsRun(TlsRun):
         self.transport = self.writer.transport
         return server
 
-    async def step(self, op):
-        name, r, w = op[0], self.reader, self.writer
-        reads = {"read": r.read, "readexactly": r.readexactly, "readuntil": r.readuntil}
-        if name in reads or name == "readline":
-            if any(not t.done() for t in self.reading):
-                return  # one read at a time (a second one raises RuntimeError)
-            self.start(op, reads[name](*op[1:]) if name in reads else r.readline())
-            self.reading.append(self.tasks[-1])
-        elif name == "write":
+    async def other_op(self, op):
+        """write, close, write_eof, extra and the peer's ops."""
+        name, w = op[0], self.writer
+        if name == "write":
             self.seq += 1
             data = payload(self.seq, op[1])
             accepting = not self.transport.is_closing()
@@ -1153,11 +965,6 @@ class StreamsTlsRun(TlsRun):
             if res[0] == "ok" and accepting:
                 self.expected += data
             self.trace.append((op, res))
-        elif name in ("drain", "wait_closed"):
-            self.start(op, getattr(w, name)())
-        elif name in ("at_eof", "can_write_eof", "is_closing"):
-            obj = r if name == "at_eof" else w
-            self.trace.append((op, outcome(getattr(obj, name))))
         elif name in ("close", "write_eof"):
             self.trace.append((op, outcome(getattr(w, name))))
         elif name == "extra":
@@ -1169,28 +976,19 @@ class StreamsTlsRun(TlsRun):
             self.trace.append((op, await self.peer_read()))
         else:
             self.trace.append((op, await self.peer_op(op)))
-        await self.settle()
+        return False
 
     async def __call__(self):
         with tempfile.TemporaryDirectory() as tmp:
             server = await self.open(tmp)
             try:
-                await self.settle()
-                for op in self.ops:
-                    await self.step(op)
-                self.trace.append(("final close", outcome(self.writer.close)[0]))
-                final_read = await self.peer_read(until_eof=True) if self.peer.state != "closed" else None
-                self.start("final wait_closed", self.writer.wait_closed())
-                await asyncio.wait(self.tasks, timeout=STEP_TIMEOUT)
-                await spin()
+                await self.run_ops()
+                final_read = await self.close_all(self.peer.state != "closed", STEP_TIMEOUT)
                 self.trace.append(("final read", final_read, self.peer.ended))
                 got = self.peer.plain
                 self.trace.append(("peer received", got == self.expected, digest(got)))
             finally:
-                for task in self.tasks:
-                    task.cancel()
-                if not self.transport.is_closing():
-                    self.transport.abort()
+                self.cancel_all()
                 if self.peer.state != "closed":
                     self.peer.close()
                 if server is not None:
@@ -1268,18 +1066,10 @@ async def writelines_bad_item_stays_queued(loop, trace):
     srv.close()
 
 
-def _known(id, scenario, reason, since=(3, 10), before=(4,)):
-    applies = since <= sys.version_info[:2] < before
-    return pytest.param(scenario, id=id, marks=[
-        pytest.mark.skipif(not applies, reason="no difference on this Python"),
-        pytest.mark.skipif(IMPL is None or IMPL.name != "ferroloop", reason="ferroloop's differences"),
-        pytest.mark.xfail(strict=True, reason="ferroloop differs: " + reason)])
-
-
 @pytest.mark.parametrize("scenario", [
     # Where asyncio loses or corrupts data, hangs, or fails on its own
     # state, ferroloop keeps the sound behaviour.
-    _known("writelines_bad_item_stays_queued", writelines_bad_item_stays_queued,
+    known("writelines_bad_item_stays_queued", writelines_bad_item_stays_queued,
            "an item writelines() rejected (TypeError: no len()) is not kept queued (asyncio 3.11+ "
            "appends it before len() fails, and the next write() dies on it: 'Fatal error on SSL "
            "protocol' TypeError, connection lost)", since=(3, 11)),

@@ -22,18 +22,18 @@ Determinism: a program records only what asyncio guarantees.
   * Known differences are skipped by the programs and kept as strict
     xfails (test_known_differences).
 
+The machinery shared with the other fuzz files (settings, payloads, trace
+recording, check_same, the Recorder protocol, the RecorderRun and
+StreamsAPIRun interpreters, known()/case()) is in fuzz_support.py.
+
 Hunting: FUZZ_EXAMPLES=3000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 """
 
 import array
 import asyncio
 import fcntl
-import hashlib
 import inspect
-import logging
 import os
-import random
-import re
 import socket
 import struct
 import sys
@@ -41,19 +41,19 @@ import tempfile
 import termios
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import IMPL, impl_factory, outcome, stdlib_factory
+from conftest import outcome
+from fuzz_support import (
+    SETTINGS, SMALL_BUDGET, STEP_TIMEOUT, BufferedRecorder, Payload, Program, Recorder, RecorderRun,
+    StreamsAPIRun, all_out, as_kind, case, check_same, digest, examples, jam_fd, known,
+    received_summary, record_handler, record_log, recorded, recorder_program, sendall, spin,
+    until_still, wait_until, without_filler)
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
-SETTINGS = dict(deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"), print_blob=True,
-                database=None, suppress_health_check=list(HealthCheck))
-
-BLOCK = random.Random(1234).randbytes(4 * 1024 * 1024)
-SMALL_BUDGET = 32 * 1024     # bytes left unread in an idle (not jammed) socket
+payload = Payload(seed=1234)
+BLOCK = payload.block
 PEER_UNREAD_MAX = 64 * 1024  # bytes the peer may send that are not yet read
-STEP_TIMEOUT = 5.0
 # Some 3.12/3.13 releases forget to pause the protocol in writelines() (gh-127655)
 WRITELINES_PAUSES = sys.version_info < (3, 12) or "_maybe_pause_protocol" in inspect.getsource(
     asyncio.selector_events._SelectorSocketTransport.writelines)
@@ -61,184 +61,13 @@ WRITELINES_PAUSES = sys.version_info < (3, 12) or "_maybe_pause_protocol" in ins
 
 async def peer_sendall(run, data):
     """The peer sends `data` (recorded in run.peer_sent); "ok" or the error."""
-    try:
-        await asyncio.wait_for(run.loop.sock_sendall(run.peer, data), STEP_TIMEOUT)
-    except (OSError, asyncio.TimeoutError) as e:
-        return type(e).__name__
-    run.peer_sent += data
-    return "ok"
-
-
-def examples(n):
-    return EXAMPLES or n
-
-
-def payload(seq, n):
-    start = (seq * 7919) % 65536
-    return BLOCK[start:start + n]
-
-
-def digest(data):
-    return (len(data), hashlib.sha1(data).hexdigest()[:10])
-
-
-def as_kind(data, kind):
-    """data as a bytes, bytearray, memoryview (or a str: misuse)."""
-    if kind == "bytearray":
-        return bytearray(data)
-    if kind == "memoryview":
-        return memoryview(b"<" + data + b">")[1:-1]
-    if kind == "str":
-        return data.decode("latin-1")
-    return data
-
-
-def _norm_message(msg):
-    # the callback's repr names the transport's class: not compared
-    if msg.startswith("Exception in callback"):
-        return "Exception in callback"
-    return re.sub(r"<[^>]*>", "<...>", msg)
-
-
-def record_handler(loop, trace):
-    """What goes to the loop's exception handler goes into the trace."""
-    def handler(loop, ctx):
-        exc = ctx.get("exception")
-        trace.append(("handler", _norm_message(ctx["message"]), type(exc).__name__ if exc else None))
-    loop.set_exception_handler(handler)
-
-
-class record_log(logging.Handler):
-    """Warnings of the asyncio logger go into the trace."""
-
-    def __init__(self, trace):
-        super().__init__(logging.WARNING)
-        self.trace = trace
-
-    def emit(self, record):
-        self.trace.append(("log", record.levelname, _norm_message(record.getMessage())))
-
-    def __enter__(self):
-        logging.getLogger("asyncio").addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("asyncio").removeHandler(self)
-
-
-def run_trace(factory, scenario, timeout=60.0):
-    """The scenario's trace on a new loop; a crash is part of the trace."""
-    loop = factory()
-    trace = []
-    try:
-        loop.run_until_complete(asyncio.wait_for(scenario(loop, trace), timeout))
-    except Exception as e:
-        trace.append(("scenario raised", type(e).__name__, str(e)))
-    finally:
-        loop.close()
-    return trace
-
-
-def check_same(scenario):
-    """Run the scenario on both loops; the traces must be equal."""
-    expected = run_trace(stdlib_factory, scenario)
-    got = run_trace(impl_factory, scenario)
-    assert got == expected, f"\nferroloop: {got!r}\nasyncio:   {expected!r}"
-    return expected
-
-
-async def wait_until(predicate, timeout=STEP_TIMEOUT):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.001)
-    return True
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
+    r = await sendall(run.loop, run.peer, data)
+    if r == "ok":
+        run.peer_sent += data
+    return r
 
 
 # ===================================================================== streams
-
-class Recorder(asyncio.Protocol):
-    """Records its callbacks in the run's trace; the first call of each
-    callback runs the reactions the program scripted for it."""
-
-    def __init__(self, run):
-        self.run = run
-        self.data = bytearray()
-        self.eof = False
-        self.lost = asyncio.get_running_loop().create_future()
-        self.reacted = set()
-
-    def react(self, name):
-        if name in self.reacted:
-            return
-        self.reacted.add(name)
-        for action in self.run.script.get(name, ()):
-            if action == "raise":
-                self.run.trace.append(("react", name, "raise"))
-                raise ZeroDivisionError(name)
-            self.run.trace.append(("react", name, action, self.run.act(action, name)))
-
-    def connection_made(self, transport):
-        self.run.transport = self.run.writer = transport
-        self.run.trace.append("made")
-        self.react("connection_made")
-
-    def data_received(self, data):
-        self.data += data
-        self.react("data_received")
-
-    def eof_received(self):
-        self.eof = True
-        self.run.trace.append(("eof", len(self.data)))
-        self.react("eof_received")
-        return self.run.eof_return
-
-    def pause_writing(self):
-        if self.run.exact:
-            self.run.trace.append("pause_writing")
-            self.react("pause_writing")
-
-    def resume_writing(self):
-        if self.run.exact:
-            self.run.trace.append("resume_writing")
-            self.react("resume_writing")
-
-    def connection_lost(self, exc):
-        self.run.trace.append(("lost", type(exc).__name__ if exc else None))
-        self.lost.set_result(None)
-        self.react("connection_lost")
-
-
-class Everything:
-    """A `reacted` set that holds every callback: no reactions."""
-
-    def __contains__(self, item):
-        return True
-
-
-class BufferedRecorder(Recorder, asyncio.BufferedProtocol):
-    """The same through get_buffer()/buffer_updated()."""
-
-    def get_buffer(self, sizehint):
-        self.react("get_buffer")
-        size, kind = self.run.buffer
-        self.buf = {"bytearray": lambda: bytearray(size),
-                    "memoryview": lambda: memoryview(bytearray(size + 2))[1:-1],
-                    "array": lambda: array.array("i", bytes(4 * size)),  # items of 4 bytes
-                    "bytes": lambda: bytes(size)}[kind]()                # read-only: misuse
-        return self.buf
-
-    def buffer_updated(self, nbytes):
-        self.data += memoryview(self.buf).cast("B")[:nbytes]
-        self.react("buffer_updated")
-
 
 async def open_stream(loop, family, factory, tmp):
     """(transport, protocol, peer, server) with a plain socket as the peer."""
@@ -280,22 +109,15 @@ async def open_stream(loop, family, factory, tmp):
     return transport, proto, peer, server
 
 
-class StreamRun:
+class StreamRun(RecorderRun):
     """Interprets a program against one transport and its peer."""
 
     def __init__(self, loop, trace, program):
-        self.loop = loop
-        self.trace = trace
-        self.family = program["family"]
-        self.script = program["script"]
-        self.eof_return = program["eof_return"]
-        self.buffer = program["buffer"]
-        self.ops = program["ops"]
+        super().__init__(loop, trace, program)
         # A TCP socket may take in more of a queue at any time (window
         # updates, probes): there the peer reads everything after each
         # write, and buffer sizes and pause/resume marks are not compared.
         self.exact = not self.family.startswith("tcp")
-        self.transport = None
         self.expected = bytearray()   # what the peer must receive
         self.filler = []              # (offset, length) of jam filler in it
         self.received = bytearray()   # what the peer received
@@ -306,16 +128,15 @@ class StreamRun:
         self.peer_got_eof = False
         self.seq = 0
 
+    def made(self, transport):
+        """The Recorder's connection_made: the transport is also the writer."""
+        self.writer = transport
+        return "made"
+
     # ----------------------------------------------------------- transport
-    def act(self, action, callback=None):
-        """One transport call (an op, or a reaction in `callback`); what it
-        returned or raised."""
+    def call(self, name, action):
+        """A transport call other than a write."""
         t = self.transport
-        name = action if isinstance(action, str) else action[0]
-        if self.known_difference(action, callback):
-            return "skipped"
-        if name in ("write", "writelines"):
-            return self.write(action)
         if name == "limits":
             _, high, low = action
             return outcome(t.set_write_buffer_limits, high, low), t.get_write_buffer_limits()
@@ -353,7 +174,7 @@ class StreamRun:
         name, sizes, kind = action
         self.seq += 1
         if name == "writelines":
-            chunks = [payload(self.seq + i, n) for i, n in enumerate(sizes)]
+            chunks = payload.items(self.seq, sizes)
             arg = [as_kind(c, kind) for c in chunks]
             arg = iter(arg) if kind == "iter" else arg
             data = b"".join(chunks)
@@ -381,25 +202,12 @@ class StreamRun:
         t = self.transport
         if not self.exact or self.jammed or t.is_closing() or t._conn_lost or t._eof or t.get_write_buffer_size():
             return
-        with socket.socket(fileno=os.dup(t.get_extra_info("socket").fileno())) as raw:
-            raw.setblocking(False)
-            quiet_rounds = 0
-            while quiet_rounds < 2:
-                sent = 0
-                while True:
-                    try:
-                        n = raw.send(BLOCK[:65536])
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:  # the peer is gone
-                        self.jammed = True
-                        return
-                    self.filler.append((len(self.expected), n))
-                    self.expected += BLOCK[:n]
-                    sent += n
-                quiet_rounds = quiet_rounds + 1 if sent == 0 else 0
-                await asyncio.sleep(0.002)
-        self.jammed = True
+
+        def record(n):
+            self.filler.append((len(self.expected), n))
+            self.expected += BLOCK[:n]
+        await jam_fd(t.get_extra_info("socket").fileno(), BLOCK[:65536], record)
+        self.jammed = True  # (or the peer is gone)
 
     async def peer_read(self, until_eof):
         """The peer reads what is due (everything, or until EOF)."""
@@ -407,11 +215,7 @@ class StreamRun:
             return "skip"
 
         def done():
-            if until_eof:
-                return False
-            t = self.transport
-            return len(self.received) >= len(self.expected) and (
-                t.get_write_buffer_size() == 0 or t._conn_lost)
+            return not until_eof and all_out(self.transport, self.received, self.expected)
 
         while not done():
             try:
@@ -448,18 +252,7 @@ class StreamRun:
             return "ok"
         raise AssertionError(op)
 
-    def without_filler(self, data):
-        """data less the jam filler (whose length depends on the kernel)."""
-        out, pos = bytearray(), 0
-        for offset, n in self.filler:
-            out += data[pos:offset]
-            pos = offset + n
-        return out + data[pos:]
-
     # ------------------------------------------------------------ stepping
-    def delivered(self):
-        return sum(len(p.data) for p in self.protos)
-
     def busy(self):
         """Something the standard loop guarantees to happen is still due."""
         p, t = self.proto, self.transport
@@ -471,51 +264,6 @@ class StreamRun:
             if self.peer_state != "open":
                 return True
         return False
-
-    async def settle(self):
-        await spin()
-        if not await wait_until(lambda: not self.busy()):
-            self.trace.append("settle timeout")
-        await spin()
-
-    async def step(self, op):
-        name = op[0]
-        if name in ("write", "writelines"):
-            size = sum(op[1]) if name == "writelines" else op[1]
-            if not self.jammed and (self.idle_unread + size > SMALL_BUDGET):
-                await self.jam()
-            self.trace.append((op, self.act(op)))
-            if not self.exact:
-                await self.peer_read(until_eof=False)
-        elif name == "jam":
-            await self.jam()
-            self.trace.append((op, self.size()))
-        elif name == "drain":
-            self.trace.append((op, await self.peer_read(until_eof=False)))
-        elif name.startswith("peer_"):
-            self.trace.append((op, await self.peer_op(op)))
-        elif name == "sleep":
-            await spin(op[1])
-        elif name == "set_protocol":
-            self.trace.append((op, self.switch_protocol()))
-        else:
-            self.trace.append((op, self.act(op)))
-        await self.settle()
-
-    def switch_protocol(self):
-        """set_protocol() with a new protocol of the other kind (it reacts to nothing)."""
-        if self.proto.lost.done():
-            return "skip"
-        if isinstance(self.proto, BufferedRecorder):
-            new = Recorder(self)
-        else:
-            new = BufferedRecorder(self)
-            self.buffer = self.buffer or (4096, "bytearray")
-        new.reacted = Everything()
-        r = outcome(self.transport.set_protocol, new)
-        self.proto = new
-        self.protos.append(new)
-        return r, self.transport.get_protocol() is new
 
     async def finish(self):
         t, p = self.transport, self.proto
@@ -529,14 +277,8 @@ class StreamRun:
         await spin()
         if not self.exact and final_read == "ConnectionResetError":
             got = ("reset",)  # what the reset discarded is timing
-        elif self.received == self.expected:
-            got = ("all", digest(self.without_filler(self.received)))
-        elif self.expected.startswith(self.received):
-            # how much of a jammed buffer went out depends on the kernel
-            got = ("prefix", digest(self.without_filler(self.received)) if self.exact else None)
         else:
-            i = next((i for i, (a, b) in enumerate(zip(self.received, self.expected)) if a != b), None)
-            got = ("CORRUPT", len(self.received), len(self.expected), i)
+            got = received_summary(self.received, self.expected, self.filler, show_prefix=self.exact)
         self.trace.append(("peer received",) + got)
         data = b"".join(p.data for p in self.protos)
         self.trace.append(("protocol received", len(data), data == self.peer_sent[:len(data)]))
@@ -548,9 +290,7 @@ class StreamRun:
                 self.loop, self.family, lambda: factory(self), tmp)
             self.protos = [self.proto]
             try:
-                await self.settle()
-                for op in self.ops:
-                    await self.step(op)
+                await self.run_ops()
                 await self.finish()
             finally:
                 if not self.proto.lost.done():
@@ -591,11 +331,6 @@ REACTION = st.one_of(
     st.tuples(st.just("limits"), HIGH, LOW),
     st.sampled_from(["close", "abort", "write_eof", "pause_reading", "resume_reading", "raise", "size"]),
 )
-CALLBACKS = ["connection_made", "data_received", "eof_received", "pause_writing",
-             "resume_writing", "connection_lost"]
-BUFFERED_CALLBACKS = CALLBACKS[:1] + ["get_buffer", "buffer_updated"] + CALLBACKS[2:]
-
-
 def scripts(callbacks):
     return st.dictionaries(st.sampled_from(callbacks), st.lists(REACTION, min_size=1, max_size=2),
                            max_size=3)
@@ -607,22 +342,12 @@ FAMILIES = ["tcp", "unix", "pair", "tcp-server", "unix-server"]
 
 @st.composite
 def stream_programs(draw, buffered=False):
-    return dict(
-        family=draw(st.sampled_from(FAMILIES)),
-        script=draw(scripts(BUFFERED_CALLBACKS if buffered else CALLBACKS)),
-        eof_return=draw(EOF_RETURNS),
-        buffer=draw(st.tuples(st.sampled_from([0, 1, 7, 100, 4096, 65536, 300_000]),
-                              st.sampled_from(["bytearray", "memoryview", "array", "bytes"]))) if buffered else None,
-        ops=draw(OPS),
-    )
+    return recorder_program(draw, FAMILIES, scripts, EOF_RETURNS, OPS,
+                            buffer_sizes=[0, 1, 7, 100, 4096, 65536, 300_000] if buffered else None)
 
 
 def stream_scenario(program):
-    async def scenario(loop, trace):
-        record_handler(loop, trace)
-        with record_log(trace):
-            await StreamRun(loop, trace, program)()
-    return scenario
+    return recorded(StreamRun, program)
 
 
 @settings(max_examples=examples(150), **SETTINGS)
@@ -675,14 +400,14 @@ class DatagramRecorder(asyncio.DatagramProtocol):
         self.lost.set_result(None)
 
 
-class DatagramRun:
+class DatagramRun(Program):
     """Interprets a program against a datagram endpoint and a plain peer."""
 
+    fields = ("family", "raising")
+
     def __init__(self, loop, trace, program, tmp):
-        self.loop, self.trace, self.tmp = loop, trace, tmp
-        self.family = program["family"]
-        self.raising = program["raising"]
-        self.ops = program["ops"]
+        super().__init__(loop, trace, program)
+        self.tmp = tmp
         self.peer_sent = 0
         self.peer_reads = True   # False while jammed: the peer reads on "drain" only
         self.seq = 0
@@ -843,21 +568,9 @@ def test_datagram_programs(impl, program):
 
 # ================================================================ streams API
 
-class StreamsRun(StreamRun):
+class StreamsRun(StreamsAPIRun, StreamRun):
     """The streams API over the same peer: reads of every kind as tasks
     (their results go in the trace when done), writes, drain, close."""
-
-    def __init__(self, loop, trace, program):
-        super().__init__(loop, trace, dict(program, script={}, eof_return=None, buffer=None))
-        self.limit = program["limit"]
-        self.tasks = []
-        self.reading = []
-
-    def delivered(self):
-        return 0  # unknown (the reader's buffer is consumed): the program's total is capped
-
-    def busy(self):
-        return False
 
     def unread(self):
         """Bytes in our socket's receive queue that the transport will read:
@@ -876,31 +589,8 @@ class StreamsRun(StreamRun):
         def state():
             return len(self.trace), len(self.reader._buffer), self.reader._eof, len(self.received)
         await spin()
-        for _ in range(200):
-            before = state()
-            for _ in range(3):
-                await asyncio.sleep(0.001)
-            if state() == before and not self.unread():
-                break
+        await until_still(state, 200, 3, 0.001, quiet=lambda: not self.unread())
         await spin()
-
-    def start(self, label, coro):
-        """A task whose outcome goes in the trace when it is done."""
-        def done(task):
-            if task.cancelled():
-                self.trace.append(("done", label, "cancelled"))
-                return
-            exc = task.exception()
-            if exc is None:
-                r = task.result()
-                self.trace.append(("done", label, digest(r) if isinstance(r, bytes) else r))
-            else:
-                detail = (len(exc.partial), exc.expected) if isinstance(exc, asyncio.IncompleteReadError) else \
-                    exc.consumed if isinstance(exc, asyncio.LimitOverrunError) else None
-                self.trace.append(("done", label, type(exc).__name__, str(exc), detail))
-        task = self.loop.create_task(coro)
-        task.add_done_callback(done)
-        self.tasks.append(task)
 
     async def open(self, tmp):
         lim = dict(limit=self.limit)
@@ -937,30 +627,18 @@ class StreamsRun(StreamRun):
             outcome(self.writer.get_extra_info("socket").setsockopt, socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         return server
 
-    async def step(self, op):
-        name, r, w = op[0], self.reader, self.writer
-        reads = {"read": r.read, "readexactly": r.readexactly, "readuntil": r.readuntil}
-        if name in reads or name == "readline":
-            if any(not t.done() for t in self.reading):
-                return  # one read at a time (a second one raises RuntimeError)
-            self.start(op, reads[name](*op[1:]) if name in reads else r.readline())
-            self.reading.append(self.tasks[-1])
-        elif name == "drain":
-            self.start(op, w.drain())
-        elif name == "wait_closed":
-            self.start(op, w.wait_closed())
-        elif name in ("at_eof", "can_write_eof", "is_closing"):
-            obj = r if name == "at_eof" else w
-            self.trace.append((op, outcome(getattr(obj, name))))
-        elif name in ("close", "write_eof"):
-            self.trace.append((op, outcome(getattr(w, name))[0]))
+    async def other_op(self, op):
+        """close, write_eof and peer_send; the rest as in StreamRun (which
+        settles)."""
+        name = op[0]
+        if name in ("close", "write_eof"):
+            self.trace.append((op, outcome(getattr(self.writer, name))[0]))
         elif name == "peer_send":
             self.trace.append((op[:1] + (len(op[1]),), await self.peer_send(op[1])))
-        elif name == "peer_read":
-            return await super().step(("drain",))
         else:
-            return await super().step(op)
-        await self.settle()
+            await RecorderRun.step(self, ("drain",) if name == "peer_read" else op)
+            return True
+        return False
 
     async def peer_send(self, data):
         if self.peer_state != "open":
@@ -971,26 +649,17 @@ class StreamsRun(StreamRun):
         with tempfile.TemporaryDirectory() as tmp:
             server = await self.open(tmp)
             try:
-                await self.settle()
-                for op in self.ops:
-                    await self.step(op)
-                self.trace.append(("final close", outcome(self.writer.close)[0]))
-                final_read = await self.peer_read(until_eof=True) if self.peer_state != "closed" else None
-                self.start("final wait_closed", self.writer.wait_closed())
-                await asyncio.wait(self.tasks, timeout=STEP_TIMEOUT)
-                await spin()
+                await self.run_ops()
+                final_read = await self.close_all(self.peer_state != "closed")
                 # after the tasks: whether the peer or a task sees the end first is timing
                 self.trace.append(("final read", final_read))
                 if not self.exact and final_read == "ConnectionResetError":
                     self.trace.append(("peer received", "reset"))
                 else:
                     self.trace.append(("peer received", self.received == self.expected,
-                                       digest(self.without_filler(self.received))))
+                                       digest(without_filler(self.received, self.filler))))
             finally:
-                for task in self.tasks:
-                    task.cancel()
-                if not self.transport.is_closing():
-                    self.transport.abort()
+                self.cancel_all()
                 self.peer.close()
                 if server is not None:
                     server.close()
@@ -1048,13 +717,6 @@ def test_streams_api_programs(impl, program):
 # Found by the programs above (which skip them since), kept as strict xfails
 # so they stay visible; repros in the report. Each scenario returns a trace.
 
-async def _pair(loop, factory):
-    ours, peer = socket.socketpair()
-    peer.setblocking(False)
-    transport, proto = await loop.connect_accepted_socket(factory, ours)
-    return transport, proto, peer
-
-
 class _Lost(asyncio.Protocol):
     def __init__(self):
         self.lost = asyncio.get_running_loop().create_future()
@@ -1065,6 +727,13 @@ class _Lost(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost.set_result(None)
+
+
+async def _pair(loop, factory):
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    transport, proto = await loop.connect_accepted_socket(factory, ours)
+    return transport, proto, peer
 
 
 async def _drained_close(loop):
@@ -1323,31 +992,18 @@ async def datagram_received_rebound(loop, trace):
     await spin()
 
 
-def _known(id, scenario, reason, since=(3, 10), before=(4,)):
-    applies = since <= sys.version_info[:2] < before
-    return pytest.param(scenario, id=id, marks=[
-        pytest.mark.skipif(not applies, reason="no difference on this Python"),
-        pytest.mark.skipif(IMPL is None or IMPL.name != "ferroloop", reason="ferroloop's differences"),
-        pytest.mark.xfail(strict=True, reason="ferroloop differs: " + reason)])
-
-
-def _case(id, scenario, since=(3, 10)):
-    return pytest.param(scenario, id=id, marks=pytest.mark.skipif(
-        sys.version_info[:2] < since, reason="not on this Python"))
-
-
 @pytest.mark.parametrize("scenario", [
     # Each was a ferroloop difference the programs found; now the same.
-    _case("write_after_drained_close", write_after_drained_close),
-    _case("abort_after_drained_close", abort_after_drained_close),
-    _case("empty_writes_after_connection_lost", empty_writes_after_connection_lost),
-    _case("eof_received_bool_raises", eof_received_bool_raises),
-    _case("writelines_str_after_write_eof", _writelines_case("write_eof", ["text"])),
-    _case("huge_write_buffer_limit", huge_write_buffer_limit),
-    _case("sendto_after_connection_lost", sendto_after_connection_lost),
-    _case("data_received_rebound", data_received_rebound),
-    _case("buffer_updated_rebound", buffer_updated_rebound),
-    _case("datagram_received_rebound", datagram_received_rebound),
+    case("write_after_drained_close", write_after_drained_close),
+    case("abort_after_drained_close", abort_after_drained_close),
+    case("empty_writes_after_connection_lost", empty_writes_after_connection_lost),
+    case("eof_received_bool_raises", eof_received_bool_raises),
+    case("writelines_str_after_write_eof", _writelines_case("write_eof", ["text"])),
+    case("huge_write_buffer_limit", huge_write_buffer_limit),
+    case("sendto_after_connection_lost", sendto_after_connection_lost),
+    case("data_received_rebound", data_received_rebound),
+    case("buffer_updated_rebound", buffer_updated_rebound),
+    case("datagram_received_rebound", datagram_received_rebound),
 ])
 def test_edge_cases(impl, scenario):
     check_same(scenario)
@@ -1356,35 +1012,35 @@ def test_edge_cases(impl, scenario):
 @pytest.mark.parametrize("scenario", [
     # Where asyncio loses or corrupts data, hangs, or fails on its own
     # state, ferroloop keeps the sound behaviour (see the closing notes).
-    _known("pause_reading_in_connection_made", pause_reading_in_connection_made,
+    known("pause_reading_in_connection_made", pause_reading_in_connection_made,
            "asyncio 3.10 starts reading even if connection_made paused it (fixed in 3.11)",
            before=(3, 11)),
-    _known("writelines_empty_item_then_close", _writelines_case(None, [b""]),
+    known("writelines_empty_item_then_close", _writelines_case(None, [b""]),
            "asyncio 3.12+ keeps an empty item queued and never calls connection_lost after "
            "close(); ferroloop does", since=(3, 12)),
-    _known("writelines_after_connection_lost", _writelines_case("lost", [b"abc"]),
+    known("writelines_after_connection_lost", _writelines_case("lost", [b"abc"]),
            "writelines() after connection_lost drops the data as write() does (asyncio 3.12+ "
            "queues it, then raises AttributeError)", since=(3, 12)),
-    _known("writelines_while_closing", _writelines_case("closing", [b"tail"]),
+    known("writelines_while_closing", _writelines_case("closing", [b"tail"]),
            "writelines() after close() queues and sends (asyncio 3.12+ raises TypeError: its "
            "close() drops _write_ready)", since=(3, 12)),
-    _known("writelines_empty_iterator", _writelines_case(None, lambda: iter([])),
+    known("writelines_empty_iterator", _writelines_case(None, lambda: iter([])),
            "writelines(iter([])) returns None (asyncio 3.12+ fails an assertion)", since=(3, 12)),
-    _known("bytearray_changed_after_write", bytearray_changed_after_write,
+    known("bytearray_changed_after_write", bytearray_changed_after_write,
            "a queued bytearray is copied (asyncio 3.12+ sends what it holds when sent)",
            since=(3, 12)),
-    _known("write_while_close_flushes", write_while_close_flushes,
+    known("write_while_close_flushes", write_while_close_flushes,
            "asyncio 3.12+ registers None as the writer (its close() cleared _write_ready): "
            "TypeError at every iteration, the byte is never sent, no connection_lost",
            since=(3, 12)),
-    _known("write_memoryview_of_ints", write_memoryview_of_ints,
+    known("write_memoryview_of_ints", write_memoryview_of_ints,
            "a memoryview of 4-byte items is sent whole (asyncio slices the unsent rest by "
            "items, not bytes, and sends the wrong bytes)"),
-    _known("datagram_fatal_error_in_queued_send", datagram_fatal_error_in_queued_send,
+    known("datagram_fatal_error_in_queued_send", datagram_fatal_error_in_queued_send,
            "a fatal error sending a queued datagram goes to the handler once (asyncio leaves "
            "its writer registered and, after connection_lost, a second 'Exception in "
            "callback' AttributeError follows)"),
-    _known("datagram_abort_keeps_buffer_size", datagram_abort_with_queue,
+    known("datagram_abort_keeps_buffer_size", datagram_abort_with_queue,
            "after abort() with datagrams queued get_write_buffer_size() is 0 (asyncio 3.11+ "
            "keeps their byte count)", since=(3, 11)),
 ])
