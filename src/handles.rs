@@ -195,26 +195,45 @@ impl Handle {
     pub fn run(&self, slf: &Bound<'_, PyAny>, release: bool) -> PyResult<()> {
         let py = slf.py();
         let release = release && self.one_shot;
+        // The handle shows its callback while it runs, as asyncio's does; a
+        // one-shot handle drops it once it has run.
         let (callback, ctx) = {
-            let mut state = self.state();
-            let callback = if release { state.callback.take().map(|c| (c.func.into_bound(py), c.args.into_bound(py))) } else { state.callback.as_ref().map(|c| (c.func.bind(py).clone(), c.args.bind(py).clone())) };
+            let state = self.state();
+            let callback = state.callback.as_ref().map(|c| (c.func.bind(py).clone(), c.args.bind(py).clone()));
             (callback, state.context.bind(py).clone())
         };
         let Some((func, args)) = callback else { return Ok(()) };
-        match with_context(py, &ctx, || func.call1(&args).map(drop)) {
+        // SAFETY: a type check of a live object, with the GIL held.
+        let result = if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } != 0 {
+            with_context(py, &ctx, || func.call1(&args).map(drop))
+        } else {
+            // Not a Context: what asyncio's `self._context.run(...)` does with it.
+            let mut call = vec![func.clone()];
+            call.extend(args.iter());
+            ctx.getattr(pyo3::intern!(py, "run")).and_then(|run| run.call1(PyTuple::new(py, call)?)).map(drop)
+        };
+        drop((func, args, ctx));
+        match result {
             Ok(()) => {
-                drop((func, args, ctx));
                 if release {
+                    let callback = self.state().callback.take();
+                    drop(callback);
                     self.recycle(slf);
                 }
                 Ok(())
             }
-            Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(err),
-            Err(err) => {
-                // Reported while the handle still shows its callback, as in asyncio.
+            Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => {
                 if release {
-                    self.state().callback = Some(Callback { func: func.clone().unbind(), args: args.clone().unbind() });
+                    let callback = self.state().callback.take();
+                    drop(callback);
                 }
+                Err(err)
+            }
+            Err(err) => {
+                // Reported with what the handle shows now: None() if the
+                // callback cancelled its own handle, as in asyncio.
+                let shown = self.state().callback.as_ref().map(|c| (c.func.bind(py).clone(), c.args.bind(py).clone().into_any()));
+                let (func, args) = shown.unwrap_or_else(|| (py.None().into_bound(py), py.None().into_bound(py)));
                 let reported = pyhelpers::report_callback_error(py, slf, &func, &args, err);
                 if release {
                     self.release(false);

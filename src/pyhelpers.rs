@@ -112,7 +112,7 @@ pub fn handle_repr<'py>(py: Python<'py>, handle: &Bound<'py, PyAny>) -> PyResult
 }
 
 /// Build asyncio's "Exception in callback ..." context and hand it to the loop.
-pub fn report_callback_error(py: Python<'_>, handle: &Bound<'_, PyAny>, func: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, err: PyErr) -> PyResult<()> {
+pub fn report_callback_error(py: Python<'_>, handle: &Bound<'_, PyAny>, func: &Bound<'_, PyAny>, args: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
     helpers(py)?
         .call_method1(pyo3::intern!(py, "report_callback_error"), (handle, func, args, err.into_value(py)))
         .map(drop)

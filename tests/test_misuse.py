@@ -306,3 +306,23 @@ def test_abuse_in_subprocess_does_not_crash(impl):
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "survived"
+
+
+def test_close_after_refused_nested_run_forever(impl):
+    # A callback's nested run_forever() is refused; on 3.13 asyncio's own
+    # cleanup then makes the loop look stopped. close() from that callback
+    # must raise, never wait on the iteration that runs it.
+    loop = impl.new_event_loop()
+    seen = []
+
+    def callback():
+        seen.append(outcome(loop.run_forever))
+        seen.append(outcome(loop.close))
+        loop.stop()
+    loop.call_soon(callback)
+    loop.call_later(5, loop.stop)
+    loop.run_forever()
+    loop.close()
+    assert seen == [("RuntimeError", "This event loop is already running"),
+                    ("RuntimeError", "Cannot close a running event loop")]
+    assert loop.is_closed()

@@ -22,9 +22,12 @@ async def _run_children():
 
 
 def _on_each_loop(factories, main):
-    """{loop name: what main() returned on a fresh loop of that kind}."""
+    """{loop name: what main() returned on a fresh loop of that kind}. Each
+    run gets a fresh policy: a child watcher an earlier test left on the
+    policy would decide how exits are watched (3.10/3.11)."""
     results = {}
     for name, factory in factories.items():
+        asyncio.set_event_loop_policy(None)
         loop = factory()
         try:
             results[name] = loop.run_until_complete(main())

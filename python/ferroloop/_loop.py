@@ -117,6 +117,10 @@ def _name_as_standard(*names):
     return decorate
 
 
+# asyncio 3.13+ sets a run up inside the try whose finally cleans it up.
+_SETUP_INSIDE_TRY = sys.version_info >= (3, 13)
+
+
 def _read_from_self(loop_ref):
     loop = loop_ref()
     if loop is not None:
@@ -245,11 +249,19 @@ class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop
 
     def run_forever(self):
         """Run until stop() is called."""
-        try:
+        if _SETUP_INSIDE_TRY:
+            try:
+                self._run_forever_setup()
+                self._run()
+            finally:
+                self._run_forever_cleanup()
+        else:
+            # Before 3.13 a refused nested run leaves the running loop's state alone.
             self._run_forever_setup()
-            self._run()
-        finally:
-            self._run_forever_cleanup()
+            try:
+                self._run()
+            finally:
+                self._run_forever_cleanup()
 
     def close(self):
         """Close the loop: drop pending callbacks, release the poller, shut
@@ -260,9 +272,9 @@ class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop
             return
         if self._debug:
             logger.debug("Close %r", self)
+        self._close_core()
         self._close_self_pipe()
         close_pidfds(self)
-        self._close_core()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

@@ -397,9 +397,15 @@ impl LoopCore {
 
     /// Drop everything scheduled and release the poller (asyncio's close()
     /// minus the parts written in Python).
-    fn _close_core(&self, py: Python<'_>) {
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
+        // An iteration holds the poller: a callback that closes the loop
+        // (after a failed nested run_forever() left it looking stopped)
+        // gets asyncio's error, not a wait on itself.
+        if self.poller.try_lock().is_err() {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
         if self.closed.swap(true, Ordering::Relaxed) {
-            return;
+            return Ok(());
         }
         let (ready, timers) = lock(&self.sched).take_all();
         for t in &timers {
@@ -421,6 +427,7 @@ impl LoopCore {
         let waker = lock(&self.waker).take();
         // Dropped here, with no lock held: finalizers may run Python code.
         drop((ready, timers, fd_handles, registrar, poller, waker));
+        Ok(())
     }
 
     // ----- fd callbacks (fd_callbacks.rs) ------------------------------------
