@@ -197,12 +197,8 @@ impl Handle {
         let release = release && self.one_shot;
         // The handle shows its callback while it runs, as asyncio's does; a
         // one-shot handle drops it once it has run.
-        let (callback, ctx) = {
-            let state = self.state();
-            let callback = state.callback.as_ref().map(|c| (c.func.bind(py).clone(), c.args.bind(py).clone()));
-            (callback, state.context.bind(py).clone())
-        };
-        let Some((func, args)) = callback else { return Ok(()) };
+        let Some((func, args)) = self.callback_refs(py) else { return Ok(()) };
+        let (func, args, ctx) = (func.into_bound(py), args.into_bound(py), self.context(py).into_bound(py));
         // SAFETY: a type check of a live object, with the GIL held.
         let result = if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } != 0 {
             with_context(py, &ctx, || func.call1(&args).map(drop))
@@ -216,24 +212,22 @@ impl Handle {
         match result {
             Ok(()) => {
                 if release {
-                    let callback = self.state().callback.take();
-                    drop(callback);
+                    self.release(false);
                     self.recycle(slf);
                 }
                 Ok(())
             }
             Err(err) if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) => {
                 if release {
-                    let callback = self.state().callback.take();
-                    drop(callback);
+                    self.release(false);
                 }
                 Err(err)
             }
             Err(err) => {
                 // Reported with what the handle shows now: None() if the
                 // callback cancelled its own handle, as in asyncio.
-                let shown = self.state().callback.as_ref().map(|c| (c.func.bind(py).clone(), c.args.bind(py).clone().into_any()));
-                let (func, args) = shown.unwrap_or_else(|| (py.None().into_bound(py), py.None().into_bound(py)));
+                let (func, args) = self.callback_refs(py).map_or_else(|| (py.None(), py.None()), |(f, a)| (f, a.into_any()));
+                let (func, args) = (func.into_bound(py), args.into_bound(py));
                 let reported = pyhelpers::report_callback_error(py, slf, &func, &args, err);
                 if release {
                     self.release(false);
