@@ -368,8 +368,6 @@ def make_program(program, debug=False, handler=True, skip_known=True):
             elif which == "soon_int":
                 r = outcome(loop.call_soon, 1)
             elif which == "soon_kw":
-                if skip_known and sys.version_info >= (3, 13):
-                    return  # test_unfixed_differences[call_soon_keyword_typo]
                 r = outcome(loop.call_soon, f, "x", contxt=None)
             elif which == "soon_badctx":
                 if skip_known:
@@ -738,8 +736,6 @@ def make_api_program(ops, skip_known=True):
                 loop.set_debug(op[1])
                 trace.append(("debug", repr(loop.get_debug())))
             elif k == "slow_duration":
-                if skip_known and isinstance(op[1], int):
-                    continue   # test_unfixed_differences[slow_callback_duration_int]
                 loop.slow_callback_duration = op[1]
                 trace.append(("slow duration", repr(loop.slow_callback_duration)))
             elif k == "slow_cb":
@@ -844,6 +840,12 @@ def slow_callback_duration_int(loop, trace):
     for value in (1, 0, True):
         loop.slow_callback_duration = value
         trace.append(repr(loop.slow_callback_duration))
+    # any object is kept; debug mode compares it after each callback
+    loop.set_debug(True)
+    loop.slow_callback_duration = "slow"
+    loop.call_soon(trace.append, "ran")
+    trace.append(outcome(loop.run_forever))
+    trace.append((loop.is_running(), loop.slow_callback_duration))
 
 
 def call_at_string(loop, trace):
@@ -895,8 +897,8 @@ def nested_run_forever_resets_state(loop, trace):
 
 
 def call_soon_keyword_typo(loop, trace):
-    # 3.13+ suggests the keyword ("Did you mean 'context'?"); ferroloop's
-    # hand-parsed call_soon does not (src/event_loop/scheduling.rs, parse_keywords)
+    # 3.13+ suggests the keyword ("Did you mean 'context'?"), which
+    # ferroloop's hand-parsed call_soon once did not
     trace.append(outcome(loop.call_soon, print, contxt=None))
     trace.append(outcome(loop.call_soon_threadsafe, print, contxt=None))
 
@@ -923,6 +925,8 @@ def _known(id, scenario, reason, since=(3, 10), before=(4,)):
     # (3.13's asyncio has the same flaw: its run_forever calls setup inside the try)
     _pinned("nested_run_forever_resets_state", nested_run_forever_resets_state, before=(3, 13)),
     pytest.param(bad_context_type, id="bad_context_type"),
+    pytest.param(slow_callback_duration_int, id="slow_callback_duration_int"),
+    pytest.param(call_soon_keyword_typo, id="call_soon_keyword_typo"),
 ])
 def test_found_differences(impl, scenario):
     check_same(scenario)
@@ -935,12 +939,8 @@ def _unfixed(id, scenario, reason, since=(3, 10)):
 @pytest.mark.parametrize("scenario", [
     # ferroloop differences the programs found (they skip them), not fixed
     # yet; strict xfails, so a fix shows up
-    _unfixed("slow_callback_duration_int", slow_callback_duration_int,
-             "the attribute reads back as a float (1.0 for 1); the Rust core stores an f64"),
     _unfixed("int_deadlines_beyond_float_precision", int_deadlines_beyond_float_precision,
              "call_at() deadlines are ordered as floats; asyncio compares int deadlines exactly"),
-    _unfixed("call_soon_keyword_typo", call_soon_keyword_typo,
-             "no \"Did you mean 'context'?\" after an unexpected keyword (3.13+)", since=(3, 13)),
 ])
 def test_unfixed_differences(impl, scenario):
     check_same(scenario)

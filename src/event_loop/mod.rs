@@ -23,7 +23,7 @@ use mio::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyString, PyTuple};
+use pyo3::types::{PyBool, PyFloat, PyString, PyTuple};
 
 use crate::clock;
 use crate::handles::{Handle, LoopShared, TimerHandle};
@@ -91,7 +91,9 @@ pub struct LoopCore {
     stopping: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
-    slow_callback_duration: AtomicU64,
+    /// As assigned (asyncio keeps any object; only debug mode compares it);
+    /// `None` is the default, 0.1.
+    slow_callback_duration: Mutex<Option<Py<PyAny>>>,
     current_handle: Mutex<Option<Py<PyAny>>>,
     /// `_task_factory`, read by every `create_task`.
     task_factory: Mutex<Option<Py<PyAny>>>,
@@ -111,6 +113,13 @@ impl LoopCore {
     #[inline]
     pub fn debug(&self) -> bool {
         self.shared.debug.load(Ordering::Relaxed)
+    }
+
+    fn slow_callback_duration(&self, py: Python<'_>) -> Py<PyAny> {
+        match lock(&self.slow_callback_duration).as_ref() {
+            Some(value) => value.clone_ref(py),
+            None => PyFloat::new(py, 0.1).into_any().unbind(),
+        }
     }
 
     /// `self._debug` as set: the bool, or the object `set_debug` was given.
@@ -180,7 +189,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
-            slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
+            slow_callback_duration: Mutex::new(None),
             current_handle: Mutex::new(None),
             task_factory: Mutex::new(None),
             clock_resolution: clock::resolution(),
@@ -288,13 +297,14 @@ impl LoopCore {
     }
 
     #[getter]
-    fn get_slow_callback_duration(&self) -> f64 {
-        f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed))
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> Py<PyAny> {
+        self.slow_callback_duration(py)
     }
 
     #[setter]
-    fn set_slow_callback_duration(&self, value: f64) {
-        self.slow_callback_duration.store(value.to_bits(), Ordering::Relaxed);
+    fn set_slow_callback_duration(&self, value: Py<PyAny>) {
+        let previous = lock(&self.slow_callback_duration).replace(value);
+        drop(previous); // (its destructor may run Python: not under the lock)
     }
 
     #[getter(_clock_resolution)]
@@ -497,7 +507,7 @@ impl LoopCore {
         if let Ok(f) = self.fds.try_lock() {
             f.traverse(&visit)?;
         }
-        for held in [&self.current_handle, &self.task_factory, &self.debug_value] {
+        for held in [&self.current_handle, &self.task_factory, &self.debug_value, &self.slow_callback_duration] {
             if let Ok(h) = held.try_lock() {
                 if let Some(h) = h.as_ref() {
                     visit.call(h)?;
@@ -512,7 +522,8 @@ impl LoopCore {
         let fds = self.fds.try_lock().ok().map(|mut f| f.take_all());
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
         let debug_value = self.debug_value.try_lock().ok().and_then(|mut d| d.take());
-        drop((taken, fds, factory, debug_value));
+        let slow = self.slow_callback_duration.try_lock().ok().and_then(|mut d| d.take());
+        drop((taken, fds, factory, debug_value, slow));
     }
 }
 

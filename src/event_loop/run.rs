@@ -229,7 +229,8 @@ fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, PyAny>) -> PyResult<(
     let result = time_source::now(slf).and_then(|t0| {
         run_handle(handle, false)?;
         let dt = time_source::now(slf)? - t0;
-        if dt >= f64::from_bits(core.slow_callback_duration.load(Ordering::Relaxed)) {
+        // (compared in Python: the attribute may be any object, as in asyncio)
+        if dt.into_pyobject(slf.py())?.ge(core.slow_callback_duration(slf.py()))? {
             pyhelpers::warn_slow_callback(slf.py(), handle, dt)?;
         }
         Ok(())

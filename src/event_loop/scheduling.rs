@@ -191,13 +191,27 @@ fn parse_keywords<'a>(py: Python<'_>, positional: &'a [RawObject], names: Option
         } else if is_keyword(&name, pyo3::intern!(py, "callback"), "callback") {
             &mut callback
         } else {
-            return Err(PyTypeError::new_err(format!("BaseEventLoop.{}() got an unexpected keyword argument '{}'", method_name(threadsafe), *name)));
+            let hint = keyword_suggestion(&name).unwrap_or_default();
+            return Err(PyTypeError::new_err(format!("BaseEventLoop.{}() got an unexpected keyword argument '{}'{hint}", method_name(threadsafe), *name)));
         };
         if slot.replace(value).is_some() {
             return Err(PyTypeError::new_err(format!("BaseEventLoop.{}() got multiple values for argument '{}'", method_name(threadsafe), *name)));
         }
     }
     Ok((callback, rest, context))
+}
+
+/// 3.13+ ends the message with the nearest parameter name, computed by the
+/// interpreter's own `_suggestions` (over all of the function's parameter
+/// names, `self` included, as its calls do).
+fn keyword_suggestion(name: &Borrowed<'_, '_, PyAny>) -> Option<String> {
+    let py = name.py();
+    if py.version_info() < (3, 13) {
+        return None;
+    }
+    let candidates = ["self", "callback", "context"];
+    let suggestion = py.import("_suggestions").ok()?.call_method1("_generate_suggestions", (candidates, name)).ok()?;
+    (!suggestion.is_none()).then(|| format!(". Did you mean '{suggestion}'?"))
 }
 
 fn method_name(threadsafe: bool) -> &'static str {
