@@ -8,6 +8,7 @@ pub fn monotonic() -> f64 {
     // SAFETY: clock_gettime only writes into the timespec we own; CLOCK_MONOTONIC
     // is always available on Linux, so the call cannot fail.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    #[allow(clippy::unnecessary_cast)] // (time_t and c_long are not i64 everywhere)
     let ns = ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64;
     if ns % 1_000_000_000 == 0 {
         (ns / 1_000_000_000) as f64

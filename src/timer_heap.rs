@@ -89,6 +89,8 @@ impl<T> TimerHeap<T> {
     }
 
     /// `heapq._siftup`: bubble the smaller child up to a leaf, then sift down.
+    /// (`!(a < b)` as heapq writes it: NaN deadlines sort as heapq sorts them)
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     fn sift_up(&mut self, mut pos: usize) {
         let end = self.heap.len();
         let start = pos;

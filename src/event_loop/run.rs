@@ -148,6 +148,7 @@ fn queue_due_timers(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let end_time = time_source::now(slf)? + core.clock_resolution;
     let mut s = lock(&core.sched);
     // `if handle._when >= end_time: break`, NaN deadlines included.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     while s.timers.peek().is_some_and(|e| !(e.when >= end_time)) {
         let Some(entry) = s.timers.pop() else { break };
         entry.item.get().set_scheduled(false);

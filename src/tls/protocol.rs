@@ -634,7 +634,7 @@ protocol_pymethods! {
         let ssl_c = value.getattr(intern!(value.py(), "_sslobj")).ok().filter(|c| !c.is_none()).map(Bound::unbind);
         let previous = {
             let mut f = self.fields();
-            (std::mem::replace(&mut f.sslobj, Some(value.unbind())), std::mem::replace(&mut f.ssl_c, ssl_c))
+            (f.sslobj.replace(value.unbind()), std::mem::replace(&mut f.ssl_c, ssl_c))
         };
         drop(previous);
     }

@@ -146,7 +146,7 @@ impl DatagramTransportCore {
             Target::Address(to) if fd >= 0 => socket_io::send_to(fd, data, to),
             // Through the socket object: its resolver, or its error once closed.
             _ => {
-                let sock = self.core.sock(py).map_or_else(|| py.None().into_bound(py), |s| s);
+                let sock = self.core.sock(py).unwrap_or_else(|| py.None().into_bound(py));
                 let sent = match target {
                     Target::Connected => sock.call_method1(pyo3::intern!(py, "send"), (data_obj,)),
                     Target::Address(_) => sock.call_method1(pyo3::intern!(py, "sendto"), (data_obj, py.None())),

@@ -50,7 +50,7 @@ impl ReadPipeCore {
 impl ReadPipeCore {
     #[new]
     fn new(loop_: Bound<'_, PyAny>, pipe: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
-        let this = ReadPipeCore { core: Core::new(&loop_, &pipe, &transport, ReadState::default())? };
+        let this = ReadPipeCore { core: Core::new(&loop_, &pipe, &transport, ReadState)? };
         this.set_protocol(&protocol);
         Ok(this)
     }
