@@ -28,6 +28,7 @@ use pyo3::PyClass;
 use pyo3::types::{PyFloat, PyTuple, PyWeakrefReference};
 
 use crate::pyhelpers;
+use crate::timer_heap::Deadline;
 
 /// The loop state its handles need, shared without a Python reference.
 pub struct LoopShared {
@@ -381,7 +382,7 @@ impl Handle {
 #[pyclass(module = "ferroloop", frozen, extends = Handle, freelist = 4096)]
 pub struct TimerHandle {
     /// The deadline the heap orders by.
-    when: f64,
+    when: Deadline,
     /// The deadline as given when it was not a float (`call_at(int)`):
     /// asyncio's `when()` returns the value it was given.
     when_obj: Option<Py<PyAny>>,
@@ -390,20 +391,20 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(when: f64, when_obj: Option<Py<PyAny>>) -> Self {
+    pub fn new(when: Deadline, when_obj: Option<Py<PyAny>>) -> Self {
         TimerHandle { when, when_obj, scheduled: AtomicBool::new(true) }
     }
 
     fn when_value(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.when_obj {
             Some(obj) => obj.clone_ref(py),
-            None => PyFloat::new(py, self.when).into_any().unbind(),
+            None => PyFloat::new(py, self.when.secs).into_any().unbind(),
         }
     }
 
     #[inline]
     pub fn when_f64(&self) -> f64 {
-        self.when
+        self.when.secs
     }
 
     pub fn set_scheduled(&self, value: bool) {

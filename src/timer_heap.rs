@@ -6,9 +6,57 @@
 //! Mirroring `heapq`'s sift algorithms (and its `heapify`) step by step keeps
 //! ferroloop's callback order identical to the standard loop's, ties included.
 
+/// A deadline as Python compares it: the float the loop schedules by and,
+/// for an int deadline a float cannot hold exactly (beyond ±2**53), its exact
+/// value, which decides between deadlines whose floats are equal (asyncio
+/// keeps `call_at(int)` deadlines as ints and compares them exactly).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub secs: f64,
+    pub big_int: Option<i128>,
+}
+
+impl Deadline {
+    pub fn float(secs: f64) -> Self {
+        Deadline { secs, big_int: None }
+    }
+
+    /// Whether the floats decide (they differ, or neither is a big int).
+    #[inline]
+    fn floats_decide(&self, other: &Deadline) -> bool {
+        self.big_int.is_none() && other.big_int.is_none() || self.secs != other.secs
+    }
+
+    /// The exact value, for a deadline whose float equals a big int's: a
+    /// float that large is a whole number.
+    fn exact(&self) -> i128 {
+        self.big_int.unwrap_or(self.secs as i128)
+    }
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Deadline) -> bool {
+        if self.floats_decide(other) {
+            return self.secs == other.secs;
+        }
+        self.exact() == other.exact()
+    }
+}
+
+/// Python's order: NaN is unordered, so `<` and `>` are false for it.
+impl PartialOrd for Deadline {
+    #[inline]
+    fn partial_cmp(&self, other: &Deadline) -> Option<std::cmp::Ordering> {
+        if self.floats_decide(other) {
+            return self.secs.partial_cmp(&other.secs);
+        }
+        Some(self.exact().cmp(&other.exact()))
+    }
+}
+
 /// One scheduled timer: its deadline and whatever the loop stores with it.
 pub struct Entry<T> {
-    pub when: f64,
+    pub when: Deadline,
     pub item: T,
 }
 
@@ -40,7 +88,7 @@ impl<T> TimerHeap<T> {
     }
 
     /// `heapq.heappush`
-    pub fn push(&mut self, when: f64, item: T) {
+    pub fn push(&mut self, when: Deadline, item: T) {
         self.heap.push(Entry { when, item });
         let last = self.heap.len() - 1;
         self.sift_down(0, last);
@@ -117,7 +165,7 @@ mod tests {
         // Reference: pushing 10 equal keys into heapq pops them in this order.
         let mut h = TimerHeap::default();
         for i in 0..10 {
-            h.push(1.0, i);
+            h.push(Deadline::float(1.0), i);
         }
         let order: Vec<i32> = std::iter::from_fn(|| h.pop().map(|e| e.item)).collect();
         assert_eq!(order, vec![0, 2, 6, 9, 8, 5, 7, 4, 1, 3]);
@@ -128,7 +176,7 @@ mod tests {
         // Reference: heapq.heapify of 10 equal keys, then popping, gives this.
         let mut h = TimerHeap::default();
         for i in 0..10 {
-            h.heap.push(Entry { when: 1.0, item: i });
+            h.heap.push(Entry { when: Deadline::float(1.0), item: i });
         }
         assert!(h.retain_and_heapify(|_| true).is_empty());
         let order: Vec<i32> = std::iter::from_fn(|| h.pop().map(|e| e.item)).collect();
@@ -141,12 +189,12 @@ mod tests {
         let mut seed = 12345u64;
         for i in 0..1000 {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            h.push((seed >> 40) as f64 / 1000.0, i);
+            h.push(Deadline::float((seed >> 40) as f64 / 1000.0), i);
         }
         let mut last = f64::MIN;
         while let Some(e) = h.pop() {
-            assert!(e.when >= last);
-            last = e.when;
+            assert!(e.when.secs >= last);
+            last = e.when.secs;
         }
     }
 
@@ -154,15 +202,32 @@ mod tests {
     fn retain_keeps_heap_property() {
         let mut h = TimerHeap::default();
         for i in 0..200 {
-            h.push(((i * 37) % 101) as f64, i);
+            h.push(Deadline::float(((i * 37) % 101) as f64), i);
         }
         let removed = h.retain_and_heapify(|e| e.item % 3 != 0);
         assert_eq!(removed.len(), 67);
         let mut last = f64::MIN;
         while let Some(e) = h.pop() {
             assert!(e.item % 3 != 0);
-            assert!(e.when >= last);
-            last = e.when;
+            assert!(e.when.secs >= last);
+            last = e.when.secs;
         }
+    }
+
+    #[test]
+    fn big_int_deadlines_compare_exactly() {
+        // -(2**60) - 1 and -(2**60) round to the same float; Python orders
+        // them, and the float -(2**60) equals the second.
+        let base = -(1i128 << 60);
+        let at = |v: i128| Deadline { secs: v as f64, big_int: Some(v) };
+        let mut h = TimerHeap::default();
+        h.push(at(base), "base");
+        h.push(at(base - 1), "base-1");
+        h.push(Deadline::float(base as f64), "float base");
+        assert!(at(base - 1) < at(base) && !(at(base) < at(base - 1)));
+        assert!(at(base) == Deadline::float(base as f64) && at(base - 1) != Deadline::float(base as f64));
+        assert!(Deadline::float(f64::NAN) != Deadline::float(f64::NAN));
+        let order: Vec<&str> = std::iter::from_fn(|| h.pop().map(|e| e.item)).collect();
+        assert_eq!(order, vec!["base-1", "base", "float base"]);
     }
 }

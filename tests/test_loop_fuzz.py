@@ -25,10 +25,10 @@ Determinism (no real time value is ever compared):
     when every counted callback has run or was cancelled.
   * Other threads are started and joined inside a callback.
   * Slow-callback warnings are only recorded for the callback made to be slow.
-  * Known differences are skipped by the programs and kept as strict xfails
-    (test_known_differences); the ferroloop differences found are pinned:
-    fixed ones in test_found_differences, the others as strict xfails in
-    test_unfixed_differences.
+  * Known differences (asyncio failing on its own state) are skipped by the
+    programs and kept as strict xfails (test_known_differences); the
+    ferroloop differences found, all fixed since, are pinned in
+    test_found_differences.
 
 Hunting: FUZZ_EXAMPLES=2000 FUZZ_RANDOM=1 FERROLOOP_TEST_TIMEOUT=3000.
 """
@@ -225,7 +225,8 @@ def _sched_ops(depth):
         st.tuples(st.just("at_past"), st.integers(0, 2), flags, children),
         st.tuples(st.just("at_slot"), st.integers(0, 4), flags, children),
         st.tuples(st.just("at_odd"), st.sampled_from(["far", "inf", "-inf", "nan", "later_far",
-                                                       "later_inf", "int_past", "frac_past"]),
+                                                       "later_inf", "int_past", "frac_past",
+                                                       "big_int", "big_int_less", "big_float"]),
                   flags, children),
     )
 
@@ -332,7 +333,10 @@ def make_program(program, debug=False, handler=True, skip_known=True):
                 if what == "nan" and skip_known and sys.version_info >= (3, 13):
                     return  # test_known_differences[call_at_nan_idle_313]
                 when = {"far": T0 + FAR, "inf": math.inf, "-inf": -math.inf, "nan": math.nan,
-                        "int_past": int(T0) - 200}.get(what)
+                        "int_past": int(T0) - 200,
+                        # three deadlines with one float: ints compare exactly
+                        "big_int": -(2 ** 60), "big_int_less": -(2 ** 60) - 1,
+                        "big_float": float(-(2 ** 60))}.get(what)
                 if what == "later_far":
                     h = loop.call_later(FAR, run_cb, idx, slot, children, self_repr, **kw)
                 elif what == "later_inf":
@@ -940,22 +944,9 @@ def _known(id, scenario, reason, since=(3, 10), before=(4,)):
     pytest.param(bad_context_type, id="bad_context_type"),
     pytest.param(slow_callback_duration_int, id="slow_callback_duration_int"),
     pytest.param(call_soon_keyword_typo, id="call_soon_keyword_typo"),
+    pytest.param(int_deadlines_beyond_float_precision, id="int_deadlines_beyond_float_precision"),
 ])
 def test_found_differences(impl, scenario):
-    check_same(scenario)
-
-
-def _unfixed(id, scenario, reason, since=(3, 10)):
-    return _known(id, scenario, "not fixed yet: " + reason, since=since)
-
-
-@pytest.mark.parametrize("scenario", [
-    # ferroloop differences the programs found (they skip them), not fixed
-    # yet; strict xfails, so a fix shows up
-    _unfixed("int_deadlines_beyond_float_precision", int_deadlines_beyond_float_precision,
-             "call_at() deadlines are ordered as floats; asyncio compares int deadlines exactly"),
-])
-def test_unfixed_differences(impl, scenario):
     check_same(scenario)
 
 

@@ -126,7 +126,7 @@ fn prune_and_compute_timeout(slf: &Bound<'_, LoopCore>) -> PyResult<Option<Durat
     } else if let Some(first) = s.timers.peek() {
         // min(max(0, when - now), MAX) with Python's comparison semantics,
         // so a NaN deadline gives 0 instead of a panic.
-        let wait = first.when - python_now.unwrap_or_else(clock::monotonic);
+        let wait = first.when.secs - python_now.unwrap_or_else(clock::monotonic);
         let secs = if wait > 0.0 { wait } else { 0.0 };
         let secs = if MAXIMUM_SELECT_TIMEOUT < secs { MAXIMUM_SELECT_TIMEOUT } else { secs };
         Some(Duration::from_secs_f64(secs))
@@ -149,7 +149,7 @@ fn queue_due_timers(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let mut s = lock(&core.sched);
     // `if handle._when >= end_time: break`, NaN deadlines included.
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
-    while s.timers.peek().is_some_and(|e| !(e.when >= end_time)) {
+    while s.timers.peek().is_some_and(|e| !(e.when.secs >= end_time)) {
         let Some(entry) = s.timers.pop() else { break };
         entry.item.get().set_scheduled(false);
         let handle = entry.item.into_bound(py).into_super().unbind();

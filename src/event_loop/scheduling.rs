@@ -10,11 +10,12 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::{Borrowed, PyClassInitializer};
 
 use super::{lock, reject_none, time_source, LoopCore, Ready};
 use crate::handles::{untrack, Callback, Handle, TimerHandle};
+use crate::timer_heap::Deadline;
 use crate::pyhelpers;
 
 fn make_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool) -> PyResult<Handle> {
@@ -263,6 +264,12 @@ pub fn call_at(slf: &Bound<'_, LoopCore>, when: Bound<'_, PyAny>, callback: Boun
     schedule_at(slf, value, when_obj, callback, args, context)
 }
 
+/// An int deadline's exact value when its float is not exact (see [`Deadline`]).
+fn big_int(secs: f64, obj: &Bound<'_, PyAny>) -> Option<i128> {
+    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0; // 2**53
+    (secs.abs() >= EXACT_LIMIT && obj.is_instance_of::<PyInt>()).then(|| obj.extract().ok()).flatten()
+}
+
 fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, when_obj: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
     let py = slf.py();
     let core = slf.get();
@@ -270,11 +277,12 @@ fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, when_obj: Option<Bound<'_, 
     if core.debug() {
         LoopCore::debug_checks(slf, &callback, "call_at", true)?;
     }
-    let timer = TimerHandle::new(when, when_obj.map(Bound::unbind));
+    let deadline = Deadline { secs: when, big_int: when_obj.as_ref().and_then(|obj| big_int(when, obj)) };
+    let timer = TimerHandle::new(deadline, when_obj.map(Bound::unbind));
     let init = PyClassInitializer::from(make_handle(slf, callback, args, context, true)?).add_subclass(timer);
     let timer = Py::new(py, init)?;
     untrack(&timer);
-    lock(&core.sched).timers.push(when, timer.clone_ref(py));
+    lock(&core.sched).timers.push(deadline, timer.clone_ref(py));
     Ok(timer)
 }
 
