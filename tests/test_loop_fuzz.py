@@ -240,20 +240,31 @@ PROGRAMS = st.lists(_any_op(2), min_size=1, max_size=8)
 COUNTED = {"soon", "threadsafe", "thread", "later", "later_slot", "at_past", "at_slot"}
 
 
+def set_debug(loop, debug):
+    """Debug mode, with only the callbacks made to be slow warned about."""
+    loop.set_debug(debug)
+    if debug:
+        loop.slow_callback_duration = 1000.0
+
+
+def var_contexts(prefix, n):
+    """n copies of the current context, VAR set to prefix0, prefix1, ..."""
+    ctxs = []
+    for k in range(n):
+        c = contextvars.copy_context()
+        c.run(VAR.set, f"{prefix}{k}")
+        ctxs.append(c)
+    return ctxs
+
+
 def make_program(program, debug=False, handler=True, skip_known=True):
     """A scenario interpreting `program` (see the module docstring)."""
 
     def scenario(loop, trace):
-        loop.set_debug(debug)
-        if debug:
-            loop.slow_callback_duration = 1000.0
+        set_debug(loop, debug)
         if handler:
             record_handler(loop, trace)
-        ctxs = []
-        for k in range(3):
-            c = contextvars.copy_context()
-            c.run(VAR.set, f"ctx{k}")
-            ctxs.append(c)
+        ctxs = var_contexts("ctx", 3)
         handles = []       # [handle, state, counted]
         outstanding = [0]
         T0 = loop.time()
@@ -551,15 +562,9 @@ def make_ft_program(prog, debug=False):
     nfut, specs, factory, how = prog
 
     def scenario(loop, trace):
-        loop.set_debug(debug)
-        if debug:
-            loop.slow_callback_duration = 1000.0
+        set_debug(loop, debug)
         record_handler(loop, trace)
-        ctxs = []
-        for k in range(2):
-            c = contextvars.copy_context()
-            c.run(VAR.set, f"tctx{k}")
-            ctxs.append(c)
+        ctxs = var_contexts("tctx", 2)
         futs = [loop.create_future() for _ in range(nfut)]
         tasks = []
         for i, f in enumerate(futs):
