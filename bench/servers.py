@@ -62,6 +62,7 @@ KINDS = {
     "proto": "loop.create_server with an asyncio.Protocol echo (data_received -> write)",
     "udp": "create_datagram_endpoint echo (datagram_received -> sendto)",
     "http": "HTTP/1.1 keep-alive server, httptools parser, fixed 13-byte body",
+    "http-close": "the same HTTP server, one connection per request (Connection: close)",
     "tls": "loop.create_server(ssl=...) Protocol echo, long-lived TLS connections",
     "tls-hs": "the same TLS echo server, one connection (handshake) per 1 KiB echo",
 }
@@ -71,6 +72,7 @@ CONNS = (1, 10)
 TLS_SIZES_KIB = (1, 16)  # 16 KiB: one full TLS record
 TLS_CONNS = (1, 4)  # the TLS client is Python: a thread per connection
 TLS_KINDS = ("tls", "tls-hs")
+HTTP_KINDS = ("http", "http-close")  # loaded by wrk
 
 
 # ==========================================================================
@@ -180,7 +182,7 @@ async def _start(loop, kind, transport, addr):
         elif kind == "proto":
             srv = await (loop.create_server(EchoProtocol, "127.0.0.1", 0) if tcp
                          else loop.create_unix_server(EchoProtocol, addr))
-        elif kind == "http":
+        elif kind in HTTP_KINDS:
             srv = await loop.create_server(HttpProtocol, "127.0.0.1", 0)
         elif kind in TLS_KINDS:  # ADDR is the key+certificate PEM file
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -211,10 +213,8 @@ def serve_main(argv):
 class Case:
     def __init__(self, kind, transport, size_kib, conns):
         self.kind, self.transport, self.size_kib, self.conns = kind, transport, size_kib, conns
-        if kind == "http":
-            self.name = f"http-c{conns}"
-        elif kind == "tls-hs":
-            self.name = f"tls-hs-c{conns}"
+        if kind in HTTP_KINDS or kind == "tls-hs":
+            self.name = f"{kind}-c{conns}"
         elif kind in ("udp", "tls"):
             self.name = f"{kind}-{size_kib}k-c{conns}"
         else:
@@ -228,8 +228,8 @@ class Case:
     @property
     def floor_mode(self):
         """bench/floor's floor-server mode, or None: the floor has no TLS."""
-        if self.kind in TLS_KINDS:
-            return None
+        if self.kind in TLS_KINDS or self.kind == "http-close":
+            return None  # the floor has no TLS, and its HTTP server never closes
         if self.kind == "http":
             return "http"
         if self.kind == "udp":
@@ -249,6 +249,8 @@ def all_cases():
             cases.append(Case("udp", "udp", size, c))
     for c in CONNS:
         cases.append(Case("http", "tcp", None, c))
+    for c in CONNS:
+        cases.append(Case("http-close", "tcp", None, c))
     for size in TLS_SIZES_KIB:
         for c in TLS_CONNS:
             cases.append(Case("tls", "tcp", size, c))
@@ -474,6 +476,9 @@ def run_wrk(server, case, args, duration=None):
     cmd = _pin(args.client_cpu) + [
         args.wrk, "-t1", f"-c{case.conns}", f"-d{d}s", "--timeout", "2s", "--latency",
         f"http://{server.addr}/"]
+    closing = case.kind == "http-close"
+    if closing:
+        cmd[-1:-1] = ["-H", "Connection: close"]
     before = read_cpu(server.pid)
     p = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -496,7 +501,8 @@ def run_wrk(server, case, args, duration=None):
     if bad:
         raise RuntimeError(f"wrk: {bad.group(1)} non-2xx responses")
     serr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if serr and any(int(x) for x in serr.groups()):
+    # wrk counts the server's close after each response as a read error.
+    if serr and any(int(x) for i, x in enumerate(serr.groups()) if not (closing and i == 1)):
         raise RuntimeError(f"wrk: {serr.group(0)}")
     if msgs == 0:
         raise RuntimeError("wrk completed no request")
@@ -778,8 +784,8 @@ def main(argv):
 
     try:
         ensure_floor()
-        args.wrk = ensure_wrk() if any(c.kind == "http" for c in cases) else None
-        if any(c.kind == "http" for c in cases) and len(servers) > (0 if args.no_floor else 1):
+        args.wrk = ensure_wrk() if any(c.kind in HTTP_KINDS for c in cases) else None
+        if any(c.kind in HTTP_KINDS for c in cases) and len(servers) > (0 if args.no_floor else 1):
             ensure_httptools(args.python)
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -827,7 +833,7 @@ def main(argv):
                         failures += 1
                         print(f"  {group[0]}/{group[1]} server {s} FAILED to start: {e}",
                               file=sys.stderr)
-                if group[0] == "http" and not args.quick:
+                if group[0] in HTTP_KINDS and not args.quick:
                     for s, srv in running.items():  # one unmeasured warm-up run each
                         if srv:
                             try:
@@ -847,7 +853,7 @@ def main(argv):
                             try:
                                 if not srv.alive():
                                     raise RuntimeError(f"server died: {srv.stderr_tail()}")
-                                if case.kind == "http":
+                                if case.kind in HTTP_KINDS:
                                     res = run_wrk(srv, case, args)
                                 else:
                                     res = run_echo_client(srv, case, args)

@@ -7,9 +7,11 @@
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
 //! - [`transport`]: socket and pipe transports (read, write, flow control),
 //! - [`tls`]: the per-record paths of TLS (asyncio's SSLProtocol),
+//! - [`accept`]: servers' accept batches, as `sock.accept()` makes connections,
 //! - [`sock_ops`]: `sock_recv`/`sock_recv_into`/`sock_sendall` fast paths,
 //! - [`pyhelpers`]: calls into the package's Python helpers.
 
+pub mod accept;
 pub mod clock;
 pub mod event_loop;
 pub mod handles;
@@ -27,6 +29,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transport::core_method::CoreMethod>()?;
     m.add_class::<transport::stream::StreamTransportCore>()?;
     m.add_class::<transport::datagram::DatagramTransportCore>()?;
     m.add_class::<transport::pipe::read::ReadPipeCore>()?;
@@ -34,6 +37,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tls::protocol::SSLProtocolCore>()?;
     m.add_class::<sock_ops::SockWait>()?;
     sock_ops::init(m.py())?;
+    m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;

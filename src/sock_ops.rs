@@ -234,7 +234,7 @@ pub fn init(py: Python<'_>) -> PyResult<()> {
     socket_type(py).map(drop)
 }
 
-fn socket_type(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+pub(crate) fn socket_type(py: Python<'_>) -> PyResult<&Py<PyAny>> {
     SOCKET_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind()))
 }
 

@@ -21,6 +21,7 @@ from . import _ferroloop
 from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
 from ._pipe import make_read_pipe_transport, make_write_pipe_transport
+from ._server import accept_connection
 from ._sock import sock_recv, sock_recv_into, sock_sendall
 from ._sslproto import make_ssl_transport, start_tls
 from ._stream import make_socket_transport
@@ -165,11 +166,12 @@ def _read_from_self(loop_ref):
     "connect_read_pipe", "connect_write_pipe",
     "subprocess_shell", "subprocess_exec", "_log_subprocess",
     "_child_watcher_callback",
-    # the accept loop, driven by ferroloop's fd callbacks
-    "_start_serving", "_accept_connection", "_accept_connection2",
+    # the accept loop, driven by ferroloop's fd callbacks (each batch of
+    # accepted connections: _server.py)
+    "_start_serving", "_accept_connection2",
 )
 @_name_as_standard("getaddrinfo", "sock_recv", "sock_recv_into", "sock_sendall", "start_tls",
-                   "run_forever", "close")
+                   "_accept_connection", "run_forever", "close")
 class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
@@ -177,6 +179,7 @@ class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop
     sock_recv = sock_recv
     sock_recv_into = sock_recv_into
     sock_sendall = sock_sendall
+    _accept_connection = accept_connection
     _make_subprocess_transport = make_subprocess_transport
     _make_datagram_transport = make_datagram_transport
     _make_socket_transport = make_socket_transport

@@ -83,7 +83,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._pipe = pipe
         self._fileno = pipe.fileno()
         core = ReadPipeCore(loop, pipe, self, protocol)
-        self._bind_core_methods(core)
+        self._core = core
 
         mode = os.fstat(self._fileno).st_mode
         self._check_fd_type(core, stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode),
@@ -125,7 +125,7 @@ class WritePipeTransport(_PipeTransport, CoreFlowControl, transports._FlowContro
         self._pipe = pipe
         self._fileno = pipe.fileno()
         core = WritePipeCore(loop, pipe, self, protocol)
-        self._bind_core_methods(core)
+        self._core = core
 
         mode = os.fstat(self._fileno).st_mode
         is_char = stat.S_ISCHR(mode)

@@ -36,9 +36,8 @@ class SocketTransport(RustTransport):
         if server is not None:
             server._attach(self) if _SERVER_TRACKS_CLIENTS else server._attach()
 
-        # As asyncio: no Nagle delay; connection_made first, then reading,
-        # then the waiter.
-        base_events._set_nodelay(sock)
+        # As asyncio: connection_made first, then reading, then the waiter.
+        # (The core has set TCP_NODELAY, as asyncio's transport does.)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start_reading)
         if waiter is not None:

@@ -13,6 +13,8 @@ import weakref
 from asyncio import transports, trsock
 from asyncio.log import logger
 
+from ._ferroloop import CoreMethod
+
 # Methods every Rust core has (src/transport/base.rs); a subclass adds its own.
 CORE_METHODS = (
     "close", "abort", "is_closing", "get_write_buffer_size",
@@ -58,20 +60,17 @@ def _delegate(name):
 
 class CoreMethods:
     """Takes the Rust core's methods named in `_CORE_METHODS` as the
-    object's own: bound on each object (one call into Rust, no Python frame)
-    and delegated on the class (so that Class.method(obj, ...) works)."""
+    object's own: each name is a `CoreMethod` (src/transport/core_method.rs),
+    which binds `self._core`'s method on first use and keeps it on the
+    object (later calls: one call into Rust, no Python frame), and on the
+    class is a function that delegates (so that Class.method(obj, ...) works)."""
 
     _CORE_METHODS = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in cls._CORE_METHODS:
-            setattr(cls, name, _delegate(name))
-
-    def _bind_core_methods(self, core):
-        self._core = core
-        for name in self._CORE_METHODS:
-            self.__dict__[name] = getattr(core, name)
+            setattr(cls, name, CoreMethod(name, _delegate(name)))
 
 
 class CoreFlowControl:
@@ -100,6 +99,10 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
     # Read by __del__, also when __init__ failed early.
     _sock = None
     _server = None
+    # asyncio's default limits (_FlowControlMixin._set_write_buffer_limits()),
+    # until set_write_buffer_limits() sets the object's own.
+    _high_water = 64 * 1024
+    _low_water = _high_water // 4
 
     def __init__(self, loop, sock, extra):
         # Not _FlowControlMixin.__init__: the flow-control state is the core's.
@@ -118,8 +121,7 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
         self._sock_fd = sock.fileno()
 
     def _bind_core(self, core, sock):
-        self._bind_core_methods(core)
-        self._set_write_buffer_limits()
+        self._core = core
         self._sock = sock
         self._loop._transports[self._sock_fd] = self
 

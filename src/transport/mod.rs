@@ -1,6 +1,7 @@
 //! Transports whose hot paths run in Rust.
 //!
 //! - [`base`]: what every transport shares: close/abort, reading on and off, flow control,
+//! - [`core_method`]: the transport objects' methods that are their core's, bound on first use,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
 //! - [`stream_reader`]: asyncio's `StreamReaderProtocol` fed without its Python frames,
 //! - [`datagram`]: UDP and Unix datagram sockets,
@@ -9,6 +10,7 @@
 //! - [`socket_io`]: the system calls (sockets, and raw fds for pipes), errors as Python raises them.
 
 pub mod base;
+pub mod core_method;
 pub mod datagram;
 pub mod pipe;
 pub mod socket_io;

@@ -8,6 +8,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use socket2::{SockRef, Socket};
 
 /// Reads of up to this size go through one buffer per thread.
@@ -43,6 +44,39 @@ fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> io::Result<T>) -> io::Re
     // borrow does not outlive this function.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     f(&SockRef::from(&fd))
+}
+
+/// A socket object's `family`, `type` and `proto`, as ints.
+pub struct SocketKind {
+    pub family: i32,
+    pub kind: i32,
+    pub proto: i32,
+}
+
+/// The C-level `family` and `type` members of `_socket.socket`: the
+/// `socket.socket` properties wrap them in enums, which costs more than a
+/// whole accept.
+static KIND_MEMBERS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+pub fn socket_kind(sock: &Bound<'_, PyAny>) -> PyResult<SocketKind> {
+    let py = sock.py();
+    let (family, kind) = KIND_MEMBERS.get_or_try_init(py, || {
+        let members = py.import("_socket")?.getattr("socket")?.getattr("__dict__")?;
+        Ok::<_, PyErr>((members.get_item("family")?.unbind(), members.get_item("type")?.unbind()))
+    })?;
+    let get = |member: &Py<PyAny>| member.bind(py).call_method1(pyo3::intern!(py, "__get__"), (sock,))?.extract::<i32>();
+    Ok(SocketKind { family: get(family)?, kind: get(kind)?, proto: sock.getattr(pyo3::intern!(py, "proto"))?.extract()? })
+}
+
+/// asyncio's `base_events._set_nodelay`: TCP_NODELAY on a TCP socket
+/// (`proto` IPPROTO_TCP exactly: a socket made with proto 0 is left alone,
+/// as asyncio leaves it).
+pub fn set_nodelay_if_tcp(sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    let SocketKind { family, kind, proto } = socket_kind(sock)?;
+    if (family == libc::AF_INET || family == libc::AF_INET6) && kind == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP {
+        with_socket(fd, |s| s.set_tcp_nodelay(true)).map_err(os_error)?;
+    }
+    Ok(())
 }
 
 /// `send(2)`; MSG_NOSIGNAL so a closed peer is an EPIPE error, never a signal.

@@ -278,6 +278,8 @@ super::base::transport_pymethods! {
     fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
         let this = StreamTransportCore { core: Core::new(&loop_, &sock, &transport, StreamState::default())? };
         this.set_protocol(&protocol)?;
+        // As asyncio's transport: no Nagle delay on TCP.
+        socket_io::set_nodelay_if_tcp(&sock, this.core.fd())?;
         Ok(this)
     }
 

@@ -1,0 +1,177 @@
+//! The accept path of servers: every connection queued on a listening
+//! socket, taken in one call as the socket objects and peer addresses that
+//! `sock.accept()` makes, without its Python frames and without the
+//! BlockingIOError that ends each of asyncio's accept batches.
+//! `ferroloop/_server.py` starts asyncio's per-connection task for each.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::RawFd;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+use crate::transport::socket_io::{self, SocketKind};
+
+/// One `accept4(2)`, close-on-exec as the socket module does it, with the
+/// peer's address (zeroed first, as the socket module's buffer is).
+fn accept_one(fd: RawFd) -> io::Result<(RawFd, libc::sockaddr_storage, libc::socklen_t)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` is valid for writes of `len` bytes and `len` is a
+    // valid in/out length; a bad fd is an error return, not UB.
+    let conn = unsafe { libc::accept4(fd, storage.as_mut_ptr().cast(), &mut len, libc::SOCK_CLOEXEC) };
+    if conn < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised, then filled in by the kernel up to `len`.
+    Ok((conn, unsafe { storage.assume_init() }, len))
+}
+
+// The C library's own formatting of host addresses (the `libc` crate does
+// not bind it): the socket module formats with it, and Rust's Ipv6Addr
+// Display differs for some addresses (`::1.2.3.4`).
+extern "C" {
+    fn inet_ntop(af: libc::c_int, src: *const libc::c_void, dst: *mut libc::c_char, size: libc::socklen_t) -> *const libc::c_char;
+}
+
+/// INET6_ADDRSTRLEN: the longest text inet_ntop writes, with its NUL.
+const ADDRESS_TEXT_SIZE: usize = 46;
+
+/// `inet_ntop(3)` of an address of `family`, as the socket module formats hosts.
+fn host_string<'py>(py: Python<'py>, family: i32, address: *const libc::c_void) -> PyResult<Bound<'py, PyString>> {
+    let mut text = [0 as libc::c_char; ADDRESS_TEXT_SIZE];
+    // SAFETY: `address` points to an in_addr/in6_addr matching `family`
+    // inside a sockaddr the caller owns; `text` is large enough for either.
+    let written = unsafe { inet_ntop(family, address, text.as_mut_ptr(), text.len() as libc::socklen_t) };
+    if written.is_null() {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: on success inet_ntop wrote a NUL-terminated string into `text`.
+    let text = unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) };
+    Ok(PyString::new(py, &text.to_string_lossy()))
+}
+
+/// The address as the socket module's `makesockaddr` returns it for these
+/// families: `(host, port)`, `(host, port, flowinfo, scope_id)`, or a Unix
+/// path (str, or bytes for Linux's abstract namespace).
+fn python_address<'py>(py: Python<'py>, storage: &libc::sockaddr_storage, len: libc::socklen_t) -> PyResult<Bound<'py, PyAny>> {
+    if len == 0 {
+        return Ok(py.None().into_bound(py));
+    }
+    match storage.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (ss_family says so) into
+            // storage, which is large enough and suitably aligned for it.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let host = host_string(py, libc::AF_INET, (&a.sin_addr as *const libc::in_addr).cast())?;
+            Ok(PyTuple::new(py, [host.into_any(), u16::from_be(a.sin_port).into_pyobject(py)?.into_any()])?.into_any())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let host = host_string(py, libc::AF_INET6, (&a.sin6_addr as *const libc::in6_addr).cast())?;
+            let port = u16::from_be(a.sin6_port).into_pyobject(py)?.into_any();
+            let flowinfo = u32::from_be(a.sin6_flowinfo).into_pyobject(py)?.into_any();
+            let scope_id = a.sin6_scope_id.into_pyobject(py)?.into_any();
+            Ok(PyTuple::new(py, [host.into_any(), port, flowinfo, scope_id])?.into_any())
+        }
+        _ => {
+            // AF_UNIX (the only other family taken here).
+            // SAFETY: as above, for a sockaddr_un.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+            // SAFETY: sun_path is a plain byte array of the struct.
+            let path: &[u8] = unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr().cast(), a.sun_path.len()) };
+            let path_len = (len as usize).saturating_sub(std::mem::offset_of!(libc::sockaddr_un, sun_path)).min(path.len());
+            if path_len > 0 && path[0] == 0 {
+                return Ok(PyBytes::new(py, &path[..path_len]).into_any());
+            }
+            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+            // SAFETY: `path[..end]` is valid for reads; the call returns a new
+            // reference or NULL with an exception set.
+            unsafe {
+                let decoded = ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr().cast(), end as ffi::Py_ssize_t);
+                Bound::from_owned_ptr_or_err(py, decoded)
+            }
+        }
+    }
+}
+
+/// Close an fd that no socket object owns yet.
+fn close_fd(fd: RawFd) {
+    // SAFETY: `fd` was just returned by accept4 and nothing else owns it.
+    unsafe { libc::close(fd) };
+}
+
+/// What ends a batch besides an empty queue (see [`accept_connections`]).
+enum Stop {
+    /// Nothing: the queue is empty, or `backlog` connections were taken.
+    Done,
+    /// asyncio's own code must go on.
+    HandOver,
+    /// Making one connection's socket object failed: raise this once the
+    /// connections taken before it are started.
+    Raise(PyErr),
+}
+
+/// `sock.accept()` up to `backlog` times, as asyncio's `_accept_connection`
+/// does, each connection made non-blocking: returns `([(conn, addr), ...],
+/// then)`. The batch ends early when no connection is left (or one was
+/// aborted before it was taken, which asyncio also takes as the end).
+/// `then` is None, or True when asyncio's own code must go on instead (the
+/// socket is not a plain `socket.socket` of these families, or accept
+/// failed otherwise: out of fds, a signal, ...; asyncio's code then meets
+/// that again and handles it as it does), or an exception to raise once
+/// the connections taken are started.
+#[pyfunction]
+pub fn accept_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyAny>)> {
+    let py = sock.py();
+    let accepted = PyList::empty(py);
+    let then = match take_connections(sock, backlog, &accepted)? {
+        Stop::Done => py.None().into_bound(py),
+        Stop::HandOver => pyo3::types::PyBool::new(py, true).to_owned().into_any(),
+        Stop::Raise(e) => e.into_value(py).into_bound(py).into_any(),
+    };
+    Ok((accepted, then))
+}
+
+fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepted: &Bound<'_, PyList>) -> PyResult<Stop> {
+    let py = sock.py();
+    let socket_type = crate::sock_ops::socket_type(py)?.bind(py);
+    let Ok(backlog) = backlog.extract::<isize>() else { return Ok(Stop::HandOver) };
+    if !sock.get_type().is(socket_type) {
+        return Ok(Stop::HandOver);
+    }
+    let SocketKind { family, kind, proto } = socket_io::socket_kind(sock)?;
+    if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
+        return Ok(Stop::HandOver);
+    }
+    let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+    for _ in 0..backlog.max(0) {
+        let (conn_fd, storage, len) = match accept_one(fd) {
+            Ok(accepted) => accepted,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ECONNABORTED)) => break,
+            Err(_) => return Ok(Stop::HandOver),
+        };
+        // `socket(self.family, self.type, self.proto, fileno=fd)`, as accept() makes it.
+        let conn = match socket_type.call1((family, kind, proto, conn_fd)) {
+            Ok(conn) => conn,
+            Err(e) => {
+                close_fd(conn_fd);
+                return Ok(Stop::Raise(e));
+            }
+        };
+        let entry = conn
+            .call_method1(pyo3::intern!(py, "setblocking"), (false,))
+            .and_then(|_| PyTuple::new(py, [conn.clone(), python_address(py, &storage, len)?]));
+        match entry {
+            Ok(entry) => accepted.append(entry)?,
+            Err(e) => {
+                conn.call_method0(pyo3::intern!(py, "close"))?;
+                return Ok(Stop::Raise(e));
+            }
+        }
+    }
+    Ok(Stop::Done)
+}

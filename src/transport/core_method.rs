@@ -1,0 +1,40 @@
+//! How a transport's Python object takes its Rust core's methods as its
+//! own: `CoreMethod` is a class attribute that, on first use on an object,
+//! binds the core's method (`obj._core.<name>`) and keeps it in the
+//! object's `__dict__`, where later lookups find it before the class. So
+//! `transport.write(data)` calls Rust with no Python frame in between, and
+//! a connection pays only for the methods it uses (a short-lived server
+//! connection uses three or four of about fifteen). On the class,
+//! `Class.method(obj, ...)` gets a plain Python function that delegates.
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct CoreMethod {
+    name: Py<PyString>,
+    /// What the class attribute is when looked up on the class.
+    unbound: Py<PyAny>,
+}
+
+#[pymethods]
+impl CoreMethod {
+    #[new]
+    fn new(name: Bound<'_, PyString>, unbound: Bound<'_, PyAny>) -> Self {
+        CoreMethod { name: name.unbind(), unbound: unbound.unbind() }
+    }
+
+    /// A non-data descriptor (no `__set__`): the object's own attribute, once
+    /// cached, takes precedence, as does one the object's code assigns.
+    fn __get__(&self, py: Python<'_>, obj: Option<Bound<'_, PyAny>>, _owner: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(self.unbound.clone_ref(py)) };
+        let name = self.name.bind(py);
+        let bound = obj.getattr(pyo3::intern!(py, "_core"))?.getattr(name)?;
+        obj.getattr(pyo3::intern!(py, "__dict__"))?.set_item(name, &bound)?;
+        Ok(bound.unbind())
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::gc::PyTraverseError> {
+        visit.call(&self.unbound)
+    }
+}

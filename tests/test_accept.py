@@ -1,0 +1,186 @@
+"""The accept path of servers, differential: the connections a server
+accepts (their socket objects, peer addresses, options), the loop
+iterations at which each batch is accepted and each protocol is made, and
+what takes asyncio's own path (debug mode, socket subclasses)."""
+
+import asyncio
+import os
+import socket
+import tempfile
+
+import pytest
+
+from conftest import capture_log
+
+
+def _ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class Made(asyncio.Protocol):
+    """Records where each connection stands when connection_made runs."""
+
+    def __init__(self, made):
+        self.made = made
+
+    def connection_made(self, transport):
+        self.made.set_result(transport) if not self.made.done() else None
+
+
+def _client(kind, address, tmp):
+    """A connected blocking client socket of `kind`."""
+    if kind.startswith("tcp"):
+        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+        client = socket.socket(family)
+    else:
+        client = socket.socket(socket.AF_UNIX)
+        if kind == "unix-named":
+            client.bind(os.path.join(tmp, "client.sock"))
+        elif kind == "unix-abstract":
+            client.bind(b"\0ferroloop-accept-test-%d" % os.getpid())
+    client.connect(address)
+    return client
+
+
+def _connection_facts(transport, client, kind):
+    sock = transport.get_extra_info("socket")
+    peername = transport.get_extra_info("peername")
+    facts = {
+        "peername is the client's name": peername == client.getsockname(),
+        "peername type": type(peername).__name__,
+        "socket": (sock.family, sock.type, sock.proto),
+        "timeout": sock.gettimeout(),
+        "inheritable": os.get_inheritable(sock.fileno()),
+        "sockname is the server's": transport.get_extra_info("sockname") == client.getpeername(),
+    }
+    if kind.startswith("tcp"):
+        facts["nodelay"] = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    return facts
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "tcp6", "tcp-proto0", "unix-unnamed", "unix-named",
+                                  "unix-abstract"])
+def test_accepted_connection(same, kind):
+    """What create_server hands the protocol for each kind of listener and
+    client: peer address format, socket options, non-blocking and
+    close-on-exec, TCP_NODELAY (asyncio sets it only when proto is TCP)."""
+    if kind == "tcp6" and not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+
+    async def scenario(loop, trace):
+        with tempfile.TemporaryDirectory() as tmp:
+            made = loop.create_future()
+            if kind == "tcp-proto0":
+                listener = socket.socket()  # proto 0, not IPPROTO_TCP
+                listener.bind(("127.0.0.1", 0))
+                server = await loop.create_server(lambda: Made(made), sock=listener)
+            elif kind.startswith("tcp"):
+                host = "::1" if kind == "tcp6" else "127.0.0.1"
+                server = await loop.create_server(lambda: Made(made), host, 0)
+            else:
+                server = await loop.create_unix_server(lambda: Made(made),
+                                                       os.path.join(tmp, "server.sock"))
+            address = server.sockets[0].getsockname()
+            client = _client(kind, address, tmp)
+            transport = await made
+            trace.append(_connection_facts(transport, client, kind))
+            transport.close()
+            client.close()
+            server.close()
+            await server.wait_closed()
+    same(scenario)
+
+
+@pytest.mark.parametrize("backlog", [1, 2, 5])
+def test_accept_batches_and_iterations(same, backlog):
+    """Connections queued before the loop polls are accepted `backlog` per
+    iteration; each protocol is made one iteration after its accept (in
+    asyncio's per-connection task) and connection_made runs one later:
+    the same iterations as asyncio's."""
+    async def scenario(loop, trace):
+        tick = [0]
+
+        def ticker():
+            tick[0] += 1
+            if tick[0] < 50:
+                loop.call_soon(ticker)
+
+        class Recorder(asyncio.Protocol):
+            def __init__(self):
+                trace.append(("factory", tick[0]))
+
+            def connection_made(self, transport):
+                client_port = transport.get_extra_info("peername")[1]
+                trace.append(("made", tick[0], "client", ports.index(client_port)))
+                made.append(transport)
+
+        made = []
+        server = await loop.create_server(Recorder, "127.0.0.1", 0, backlog=backlog)
+        port = server.sockets[0].getsockname()[1]
+        clients = []
+        # Within the kernel's queue (backlog + 1), connected before the next poll.
+        for _ in range(backlog + 1):
+            client = socket.socket()
+            client.bind(("127.0.0.1", 0))
+            client.connect(("127.0.0.1", port))
+            clients.append(client)
+        ports = [c.getsockname()[1] for c in clients]
+        loop.call_soon(ticker)
+        while tick[0] < 50:
+            await asyncio.sleep(0)
+        for t in made:
+            t.close()
+        for c in clients:
+            c.close()
+        server.close()
+        await server.wait_closed()
+    same(scenario)
+
+
+def test_debug_mode_logs_each_connection(same):
+    """Debug mode: asyncio's accept logs every connection."""
+    async def scenario(loop, trace):
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Made(made), "127.0.0.1", 0)
+        with capture_log() as log:
+            client = socket.create_connection(server.sockets[0].getsockname())
+            transport = await made
+        trace.append([(r.levelname, r.getMessage().startswith(f"{server!r} got a new connection from "))
+                      for r in log.records if "new connection" in r.getMessage()])
+        transport.close()
+        client.close()
+        server.close()
+        await server.wait_closed()
+    same(scenario, debug=True)
+
+
+def test_listener_socket_subclass(same):
+    """A listening socket of a socket subclass is accepted through its own
+    accept() (asyncio's path): the subclass sees every accept."""
+    class CountingListener(socket.socket):
+        accepts = 0
+
+        def accept(self):
+            conn, addr = super().accept()
+            CountingListener.accepts += 1
+            return conn, addr
+
+    async def scenario(loop, trace):
+        CountingListener.accepts = 0
+        listener = CountingListener()
+        listener.bind(("127.0.0.1", 0))
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Made(made), sock=listener)
+        client = socket.create_connection(listener.getsockname())
+        transport = await made
+        trace.append((CountingListener.accepts, type(transport.get_extra_info("socket")._sock).__name__))
+        transport.close()
+        client.close()
+        server.close()
+        await server.wait_closed()
+    same(scenario)
