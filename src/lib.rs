@@ -3,6 +3,7 @@
 //! - [`clock`]: the monotonic clock `loop.time()` reads,
 //! - [`timer_heap`]: timers in deadline order, ties as `heapq` breaks them,
 //! - [`poller`]: mio polling plus level-triggered fd interest,
+//! - [`inherited`]: the descriptor through which `Loop` reuses the standard loop's methods,
 //! - [`handles`]: `Handle` and `TimerHandle`,
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
 //! - [`transport`]: socket and pipe transports (read, write, flow control),
@@ -15,6 +16,7 @@ pub mod accept;
 pub mod clock;
 pub mod event_loop;
 pub mod handles;
+pub mod inherited;
 pub mod poller;
 pub mod pyhelpers;
 pub mod sock_ops;
@@ -28,6 +30,7 @@ use pyo3::prelude::*;
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
+    m.add_class::<inherited::Inherited>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::core_method::CoreMethod>()?;
     m.add_class::<transport::stream::StreamTransportCore>()?;

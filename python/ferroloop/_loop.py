@@ -33,22 +33,12 @@ from ._subprocess import close_pidfds, make_subprocess_transport
 _STANDARD_LOOP = unix_events._UnixSelectorEventLoop
 
 
-class _Inherited:
+def _inherited(name, source=_STANDARD_LOOP):
     """A method of the standard loop (or of `source`), looked up on it at
     each access as inheritance would do: a patch of, say, `asyncio.
     BaseEventLoop.create_connection` (libraries' tests do this) reaches
-    ferroloop too."""
-
-    __slots__ = ("name", "source")
-
-    def __init__(self, name, source=_STANDARD_LOOP):
-        self.name = name
-        self.source = source
-
-    def __get__(self, obj, objtype=None):
-        method = getattr(self.source, self.name)
-        bind = getattr(type(method), "__get__", None)
-        return method if obj is None or bind is None else bind(method, obj, objtype)
+    ferroloop too. The descriptor is Rust's (src/inherited.rs)."""
+    return _ferroloop.Inherited(name, source)
 
 
 def _with_class_cell(function, cls):
@@ -67,7 +57,7 @@ class _SelectorServing:
     """What super() reaches from the Unix loop's `_stop_serving`: the
     selector loop's version (stop accepting, close the socket)."""
 
-    _stop_serving = _Inherited("_stop_serving", selector_events.BaseSelectorEventLoop)
+    _stop_serving = _inherited("_stop_serving", selector_events.BaseSelectorEventLoop)
 
 
 def _reuse(*names):
@@ -77,7 +67,7 @@ def _reuse(*names):
         target._NOT_IN_THIS_PYTHON = frozenset(n for n in names if not hasattr(_STANDARD_LOOP, n))
         for name in names:
             if name not in target._NOT_IN_THIS_PYTHON:
-                setattr(target, name, _Inherited(name))
+                setattr(target, name, _inherited(name))
         return target
     return decorate
 
@@ -189,7 +179,7 @@ class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop
     _make_write_pipe_transport = make_write_pipe_transport
     # create_task with a task factory or in debug mode (the Rust create_task
     # does the common case itself).
-    _create_task_fallback = _Inherited("create_task")
+    _create_task_fallback = _inherited("create_task")
 
     @property
     def _selector(self):
