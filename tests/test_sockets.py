@@ -143,6 +143,37 @@ def test_sock_connect_refused(same):
     assert same(scenario) == [("ConnectionRefusedError", errno.ECONNREFUSED)]
 
 
+def test_sock_connect_outcomes_on_unix_sockets(same):
+    """Errors connect() reports at once (no such path, a bad address) and a
+    listener whose queue is full (EAGAIN: the wait for writability) come
+    out of sock_connect as they do on asyncio: same types, errno, message."""
+    import tempfile
+
+    async def scenario(loop, trace):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "listener")
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(path)
+            listener.listen(0)
+            queued = []
+            for address in (os.path.join(tmp, "missing"), 123, path, path, path):
+                cli = socket.socket(socket.AF_UNIX)
+                cli.setblocking(False)
+                try:
+                    await asyncio.wait_for(loop.sock_connect(cli, address), 2)
+                    # (After EAGAIN, asyncio reports success once the socket
+                    # is writable, connected or not.)
+                    trace.append(("done", exc_outcome(cli.getpeername)))
+                    queued.append(cli)
+                except (OSError, TypeError) as e:
+                    trace.append((type(e).__name__, getattr(e, "errno", None), str(e)))
+                    cli.close()
+            for cli in queued:
+                cli.close()
+            listener.close()
+    same(scenario)
+
+
 def test_many_concurrent_accepts_and_connects(loop):
     srv = _tcp_listener()
     with srv:

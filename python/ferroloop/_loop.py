@@ -22,7 +22,7 @@ from ._datagram import make_datagram_transport
 from ._dns import getaddrinfo
 from ._pipe import make_read_pipe_transport, make_write_pipe_transport
 from ._server import accept_connection
-from ._sock import sock_recv, sock_recv_into, sock_sendall
+from ._sock import sock_connect_attempt, sock_recv, sock_recv_into, sock_sendall
 from ._sslproto import make_ssl_transport, start_tls
 from ._stream import make_socket_transport
 from ._subprocess import close_pidfds, make_subprocess_transport
@@ -141,7 +141,8 @@ def _read_from_self(loop_ref):
     "_sock_recv", "_sock_recv_into",
     "sock_recvfrom", "_sock_recvfrom", "sock_recvfrom_into", "_sock_recvfrom_into",
     "_sock_sendall", "sock_sendto", "_sock_sendto",
-    "sock_connect", "_sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
+    # (the connect step, _sock_connect, is _sock.py's)
+    "sock_connect", "_sock_connect_cb", "sock_accept", "_sock_accept",
     "_sock_read_done", "_sock_write_done",
     # connections, servers, datagrams, sendfile (TLS: _sslproto.py)
     "create_connection", "_connect_sock", "_create_connection_transport",
@@ -161,7 +162,7 @@ def _read_from_self(loop_ref):
     "_start_serving", "_accept_connection2",
 )
 @_name_as_standard("getaddrinfo", "sock_recv", "sock_recv_into", "sock_sendall", "start_tls",
-                   "_accept_connection", "run_forever", "close")
+                   "_accept_connection", "_sock_connect", "run_forever", "close")
 class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
@@ -170,6 +171,7 @@ class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop
     sock_recv_into = sock_recv_into
     sock_sendall = sock_sendall
     _accept_connection = accept_connection
+    _sock_connect = sock_connect_attempt
     _make_subprocess_transport = make_subprocess_transport
     _make_datagram_transport = make_datagram_transport
     _make_socket_transport = make_socket_transport
