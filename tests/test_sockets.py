@@ -174,6 +174,22 @@ def test_sock_connect_outcomes_on_unix_sockets(same):
     same(scenario)
 
 
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+def test_sock_connect_bad_addresses(same, kind):
+    """Addresses connect() refuses before any system call: the same
+    exception and message (which names connect()) as on asyncio."""
+    async def scenario(loop, trace):
+        for address in (("127.0.0.1", 70000), ("127.0.0.1",), ("127.0.0.1", "x"), 7):
+            with socket.socket(socket.AF_INET, kind) as cli:
+                cli.setblocking(False)
+                try:
+                    await loop.sock_connect(cli, address)
+                    trace.append("connected")
+                except Exception as e:  # noqa: BLE001 - compared with asyncio's
+                    trace.append((type(e).__name__, str(e)))
+    same(scenario)
+
+
 def test_many_concurrent_accepts_and_connects(loop):
     srv = _tcp_listener()
     with srv:

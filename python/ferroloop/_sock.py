@@ -57,9 +57,10 @@ def sock_connect_attempt(self, fut, sock, address):
         err = sock.connect_ex(address)
     except (SystemExit, KeyboardInterrupt):
         raise
-    except BaseException as exc:
-        fut.set_exception(exc)
-        return
+    except BaseException:
+        # A bad address, before any system call: connect() raises the same
+        # error, but its message names connect(), not connect_ex().
+        return STANDARD._sock_connect(self, fut, sock, address)
     if err == 0:
         fut.set_result(None)
     elif err in _IN_PROGRESS:
