@@ -29,7 +29,8 @@ class Made(asyncio.Protocol):
         self.made = made
 
     def connection_made(self, transport):
-        self.made.set_result(transport) if not self.made.done() else None
+        if not self.made.done():
+            self.made.set_result(transport)
 
 
 def _client(kind, address, tmp):
