@@ -120,7 +120,6 @@ class WritePipeTransport(_PipeTransport, CoreFlowControl, transports._FlowContro
         # Not _FlowControlMixin.__init__: the flow-control state is the core's.
         transports.BaseTransport.__init__(self, extra)
         self._loop = loop
-        self._set_write_buffer_limits()
         self._extra['pipe'] = pipe
         self._pipe = pipe
         self._fileno = pipe.fileno()

@@ -5,12 +5,8 @@ asyncio's `_accept_connection`, with the queued connections taken by Rust
 runs in that task, one iteration after the accept. Debug mode, whose
 accept logs each connection, runs asyncio's method itself."""
 
-from asyncio import unix_events
-
 from ._ferroloop import accept_connections
-
-# The class whose _accept_connection is the reference, and the fallback.
-STANDARD = unix_events._UnixSelectorEventLoop
+from ._sock import STANDARD  # the standard loop: the reference, and the fallback
 
 
 def accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,

@@ -8,15 +8,13 @@ arguments) runs the standard loop's own coroutine, `STANDARD`'s."""
 import errno
 import functools
 import os
-import socket
 from asyncio import unix_events
 
 from . import _ferroloop
+from ._transport import PLAIN_SOCKET
 
 # The class whose sock_* coroutines are the reference, and the fallback.
 STANDARD = unix_events._UnixSelectorEventLoop
-# Taken now: tests replace socket.socket with a factory function meanwhile.
-_SOCKET = socket.socket
 
 
 async def sock_recv(self, sock, n):
@@ -50,7 +48,7 @@ def sock_connect_attempt(self, fut, sock, address):
     connection in progress (the usual case) is an error number, not a
     BlockingIOError raised and caught. Other kinds of socket take asyncio's
     own method, which calls their connect()."""
-    if type(sock) is not _SOCKET:
+    if type(sock) is not PLAIN_SOCKET:
         return STANDARD._sock_connect(self, fut, sock, address)
     fd = sock.fileno()
     try:

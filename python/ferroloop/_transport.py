@@ -24,7 +24,7 @@ CORE_METHODS = (
 
 _overriding_classes = weakref.WeakKeyDictionary()
 # Taken now: tests replace socket.socket with a factory function meanwhile.
-_SOCKET = socket.socket
+PLAIN_SOCKET = socket.socket
 
 
 def overrides_socket_io(sock, names):
@@ -33,11 +33,11 @@ def overrides_socket_io(sock, names):
     and the Rust cores through the fd, so such a socket gets asyncio's own
     transport, which calls the overrides."""
     cls = type(sock)
-    if cls is _SOCKET:
+    if cls is PLAIN_SOCKET:
         return False
     per_class = _overriding_classes.setdefault(cls, {})
     if names not in per_class:
-        per_class[names] = any(getattr(cls, n, None) is not getattr(_SOCKET, n) for n in names)
+        per_class[names] = any(getattr(cls, n, None) is not getattr(PLAIN_SOCKET, n) for n in names)
     return per_class[names]
 
 
@@ -77,6 +77,11 @@ class CoreFlowControl:
     """Write flow control whose state is the core's: asyncio's arithmetic
     and checks for the limits (_FlowControlMixin), the core's comparisons."""
 
+    # asyncio's default limits (_FlowControlMixin._set_write_buffer_limits()),
+    # until set_write_buffer_limits() sets the object's own.
+    _high_water = 64 * 1024
+    _low_water = _high_water // 4
+
     def set_write_buffer_limits(self, high=None, low=None):
         self._set_write_buffer_limits(high=high, low=low)
         self._core._set_water_marks(_as_mark(self._high_water), _as_mark(self._low_water))
@@ -99,10 +104,6 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
     # Read by __del__, also when __init__ failed early.
     _sock = None
     _server = None
-    # asyncio's default limits (_FlowControlMixin._set_write_buffer_limits()),
-    # until set_write_buffer_limits() sets the object's own.
-    _high_water = 64 * 1024
-    _low_water = _high_water // 4
 
     def __init__(self, loop, sock, extra):
         # Not _FlowControlMixin.__init__: the flow-control state is the core's.
