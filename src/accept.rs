@@ -2,7 +2,7 @@
 //! socket, taken in one call as the socket objects and peer addresses that
 //! `sock.accept()` makes, without its Python frames and without the
 //! BlockingIOError that ends each of asyncio's accept batches.
-//! `ferroloop/_server.py` starts asyncio's per-connection task for each.
+//! `ferroloop/_server.py` makes each one's protocol and transport.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -14,14 +14,15 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::transport::socket_io::{self, SocketKind};
 
-/// One `accept4(2)`, close-on-exec as the socket module does it, with the
-/// peer's address (zeroed first, as the socket module's buffer is).
+/// One `accept4(2)`, close-on-exec as the socket module does it and
+/// already non-blocking (as asyncio then makes it), with the peer's
+/// address (zeroed first, as the socket module's buffer is).
 fn accept_one(fd: RawFd) -> io::Result<(RawFd, libc::sockaddr_storage, libc::socklen_t)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` is valid for writes of `len` bytes and `len` is a
     // valid in/out length; a bad fd is an error return, not UB.
-    let conn = unsafe { libc::accept4(fd, storage.as_mut_ptr().cast(), &mut len, libc::SOCK_CLOEXEC) };
+    let conn = unsafe { libc::accept4(fd, storage.as_mut_ptr().cast(), &mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) };
     if conn < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -116,7 +117,7 @@ enum Stop {
 }
 
 /// `sock.accept()` up to `backlog` times, as asyncio's `_accept_connection`
-/// does, each connection made non-blocking: returns `([(conn, addr), ...],
+/// does, each connection non-blocking: returns `([(conn, addr), ...],
 /// then)`. The batch ends early when no connection is left (or one was
 /// aborted before it was taken, which asyncio also takes as the end).
 /// `then` is None, or True when asyncio's own code must go on instead (the
@@ -154,18 +155,18 @@ fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepte
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ECONNABORTED)) => break,
             Err(_) => return Ok(Stop::HandOver),
         };
-        // `socket(self.family, self.type, self.proto, fileno=fd)`, as accept() makes it.
-        let conn = match socket_type.call1((family, kind, proto, conn_fd)) {
+        // `socket(self.family, self.type, self.proto, fileno=fd)`, as accept()
+        // makes it, then `setblocking(False)` as asyncio does: SOCK_NONBLOCK
+        // in the type tells the socket module the fd is non-blocking already
+        // (timeout 0, no ioctl; `type` itself leaves the flag out).
+        let conn = match socket_type.call1((family, kind | libc::SOCK_NONBLOCK, proto, conn_fd)) {
             Ok(conn) => conn,
             Err(e) => {
                 close_fd(conn_fd);
                 return Ok(Stop::Raise(e));
             }
         };
-        let entry = conn
-            .call_method1(pyo3::intern!(py, "setblocking"), (false,))
-            .and_then(|_| PyTuple::new(py, [conn.clone(), python_address(py, &storage, len)?]));
-        match entry {
+        match python_address(py, &storage, len).and_then(|addr| PyTuple::new(py, [conn.clone(), addr])) {
             Ok(entry) => accepted.append(entry)?,
             Err(e) => {
                 conn.call_method0(pyo3::intern!(py, "close"))?;

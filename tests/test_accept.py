@@ -56,6 +56,7 @@ def _connection_facts(transport, client, kind):
         "peername type": type(peername).__name__,
         "socket": (sock.family, sock.type, sock.proto),
         "timeout": sock.gettimeout(),
+        "fd blocking": os.get_blocking(sock.fileno()),
         "inheritable": os.get_inheritable(sock.fileno()),
         "sockname is the server's": transport.get_extra_info("sockname") == client.getpeername(),
     }
@@ -100,9 +101,9 @@ def test_accepted_connection(same, kind):
 @pytest.mark.parametrize("backlog", [1, 2, 5])
 def test_accept_batches_and_iterations(same, backlog):
     """Connections queued before the loop polls are accepted `backlog` per
-    iteration; each protocol is made one iteration after its accept (in
-    asyncio's per-connection task) and connection_made runs one later:
-    the same iterations as asyncio's."""
+    iteration; each protocol is made one iteration after its accept (where
+    asyncio's per-connection task takes its first step) and connection_made
+    runs one later: the same iterations as asyncio's."""
     async def scenario(loop, trace):
         tick = [0]
 
@@ -185,3 +186,136 @@ def test_listener_socket_subclass(same):
         server.close()
         await server.wait_closed()
     same(scenario)
+
+
+def test_failing_protocol_factory(same):
+    """A protocol factory that raises loses that connection silently, as on
+    asyncio (which reports it only in debug mode: here the factory turns
+    debug mode on before raising), and the server goes on accepting."""
+    async def scenario(loop, trace):
+        loop.set_exception_handler(lambda lp, ctx: trace.append(
+            ("handler", ctx["message"], type(ctx.get("exception")).__name__,
+             "protocol" in ctx, "transport" in ctx)))
+        made = loop.create_future()
+        calls = [0]
+
+        def factory():
+            calls[0] += 1
+            if calls[0] == 1:
+                raise ValueError("quiet")
+            if calls[0] == 2:
+                loop.set_debug(True)
+                raise ValueError("reported")
+            return Made(made)
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        refused = []
+        for _ in range(2):
+            refused.append(socket.create_connection(address))
+            while calls[0] < len(refused):
+                await asyncio.sleep(0)
+        loop.set_debug(False)
+        client = socket.create_connection(address)
+        transport = await made
+        trace.append(("third connection made", calls[0]))
+        transport.close()
+        for c in [client, *refused]:
+            c.close()
+        server.close()
+        await server.wait_closed()
+    same(scenario)
+
+
+def test_protocol_context(same):
+    """The protocol factory runs in a copy of the server's context, and what
+    it sets there is what the protocol's callbacks see."""
+    import contextvars
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def scenario(loop, trace):
+        done = loop.create_future()
+
+        class Seen(asyncio.Protocol):
+            def __init__(self):
+                trace.append(("factory", var.get()))
+                var.set("set by the factory")
+
+            def connection_made(self, transport):
+                trace.append(("made", var.get()))
+                self.transport = transport
+
+            def data_received(self, data):
+                trace.append(("data", var.get()))
+                self.transport.close()
+                done.set_result(None)
+
+        var.set("server's")
+        server = await loop.create_server(Seen, "127.0.0.1", 0)
+        var.set("changed after create_server")
+        client = socket.create_connection(server.sockets[0].getsockname())
+        client.sendall(b"x")
+        await done
+        trace.append(("caller", var.get()))
+        client.close()
+        server.close()
+        await server.wait_closed()
+    same(scenario)
+
+
+def test_task_factory_sees_each_connection(same):
+    """With a task factory set, each accepted connection is a task the
+    factory makes, as on asyncio."""
+    async def scenario(loop, trace):
+        def factory(loop, coro, **kwargs):
+            trace.append(("task", coro.__qualname__.rsplit(".", 1)[-1]))
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Made(made), "127.0.0.1", 0)
+        loop.set_task_factory(factory)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        transport = await made
+        loop.set_task_factory(None)
+        transport.close()
+        client.close()
+        server.close()
+        await server.wait_closed()
+    same(scenario)
+
+
+@pytest.mark.parametrize("debug_after_accept", [False, True])
+def test_tls_handshake_failure_closes_connection(same, debug_after_accept):
+    """An incoming TLS connection whose handshake fails is closed where
+    asyncio's accept task closes it, and reported only in debug mode."""
+    from test.test_asyncio import utils as test_utils
+
+    async def scenario(loop, trace):
+        loop.set_exception_handler(lambda lp, ctx: trace.append(
+            ("handler", ctx["message"], type(ctx.get("exception")).__name__)))
+
+        class Never(asyncio.Protocol):
+            def __init__(self):
+                if debug_after_accept:
+                    loop.set_debug(True)
+
+            def connection_made(self, transport):
+                trace.append("connection_made")
+
+        server = await loop.create_server(Never, "127.0.0.1", 0,
+                                          ssl=test_utils.simple_server_sslcontext())
+        client = socket.create_connection(server.sockets[0].getsockname())
+        client.setblocking(False)
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not a TLS record
+        while True:
+            try:
+                trace.append(("client reads", client.recv(100)))
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0)
+        loop.set_debug(False)
+        client.close()
+        server.close()
+        await server.wait_closed()
+    with capture_log():
+        same(scenario)
