@@ -657,3 +657,28 @@ def test_tls_over_socket_subclass_calls_its_methods(same):
         srv.close()
         await srv.wait_closed()
     same(scenario)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's SSLProtocol has no states")
+def test_protocol_state_transitions(same):
+    """Every (state, new state) pair through `_set_state`: what is allowed,
+    and the error of what is not, as asyncio's SSLProtocol."""
+    from asyncio.sslproto import SSLProtocolState
+
+    async def scenario(loop, trace):
+        # A fresh protocol of the class the loop's TLS transports use.
+        a, b = socket.socketpair()
+        app = loop._make_ssl_transport(a, asyncio.Protocol(), client_context(), None,
+                                       server_hostname="localhost")
+        protocol = type(app._ssl_protocol)(loop, asyncio.Protocol(), client_context(), None,
+                                           server_hostname="localhost")
+        app.abort()
+        b.close()
+        for before in SSLProtocolState:
+            for after in SSLProtocolState:
+                protocol._state = before
+                trace.append((before.name, after.name, outcome(protocol._set_state, after),
+                              protocol._state.name))
+        trace.append(("not a state", outcome(protocol._set_state, "WRAPPED")))
+        await asyncio.sleep(0)
+    same(scenario)

@@ -11,7 +11,9 @@
 //!   plaintext out to the app protocol, app writes (the app transport's
 //!   `write`) encrypted and handed to the transport, both directions' flow
 //!   control,
+//! - [`handshake`]: the handshake steps and the state transitions,
 //! - [`flow`]: the water-mark decisions (plain Rust).
 
 pub mod flow;
+mod handshake;
 pub mod protocol;

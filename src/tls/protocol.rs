@@ -62,8 +62,8 @@ fn asyncio_names(py: Python<'_>) -> PyResult<&AsyncioNames> {
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-enum State {
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+pub(super) enum State {
     #[default]
     Unwrapped,
     DoHandshake,
@@ -111,8 +111,8 @@ impl Mark {
 
 /// asyncio's attributes that live here (named as asyncio names them).
 #[derive(Default)]
-struct Fields {
-    state: State,
+pub(super) struct Fields {
+    pub(super) state: State,
     conn_lost: i64,
     write_buffer_size: isize,
     ssl_writing_paused: bool,
@@ -170,7 +170,7 @@ impl SSLProtocolCore {
         let py = slf.py();
         let tls = Tls::new(slf)?;
         match tls.state() {
-            State::DoHandshake => tls.call(intern!(py, "_do_handshake")),
+            State::DoHandshake => tls.do_handshake(),
             State::Wrapped => tls.do_read(),
             State::Flushing => tls.call(intern!(py, "_do_flush")),
             State::Shutdown => tls.call(intern!(py, "_do_shutdown")),
@@ -181,9 +181,9 @@ impl SSLProtocolCore {
 }
 
 /// One call's view of a protocol.
-struct Tls<'a, 'py> {
-    py: Python<'py>,
-    slf: &'a Bound<'py, SSLProtocolCore>,
+pub(super) struct Tls<'a, 'py> {
+    pub(super) py: Python<'py>,
+    pub(super) slf: &'a Bound<'py, SSLProtocolCore>,
     names: &'py AsyncioNames,
 }
 
@@ -192,12 +192,34 @@ impl<'a, 'py> Tls<'a, 'py> {
         Ok(Tls { py: slf.py(), slf, names: asyncio_names(slf.py())? })
     }
 
-    fn fields(&self) -> MutexGuard<'_, Fields> {
+    pub(super) fn fields(&self) -> MutexGuard<'_, Fields> {
         self.slf.get().fields()
     }
 
-    fn state(&self) -> State {
+    pub(super) fn state(&self) -> State {
         self.fields().state
+    }
+
+    /// The `SSLProtocolState` member of `state`.
+    pub(super) fn state_member(&self, state: State) -> &Bound<'py, PyAny> {
+        self.names.states[state as usize].bind(self.py)
+    }
+
+    /// The state whose member `value` is, if it is one.
+    pub(super) fn state_of(&self, value: &Bound<'py, PyAny>) -> Option<State> {
+        self.names.states.iter().position(|m| value.is(m.bind(self.py))).map(|i| State::ALL[i])
+    }
+
+    pub(super) fn loop_(&self) -> Bound<'py, PyAny> {
+        bound(self.py, &self.fields().loop_)
+    }
+
+    pub(super) fn app_protocol(&self) -> Bound<'py, PyAny> {
+        bound(self.py, &self.fields().app_protocol)
+    }
+
+    pub(super) fn sslobj(&self) -> Bound<'py, PyAny> {
+        bound(self.py, &self.fields().sslobj)
     }
 
     /// `self.<method>()`: one of asyncio's own steps.
@@ -215,7 +237,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         }
     }
 
-    fn is_again(&self, e: &PyErr) -> bool {
+    pub(super) fn is_again(&self, e: &PyErr) -> bool {
         e.matches(self.py, self.names.again_errors.bind(self.py)).unwrap_or(false)
     }
 
@@ -223,7 +245,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         bio.getattr(intern!(self.py, "pending"))?.extract()
     }
 
-    fn ssl_c(&self) -> Bound<'py, PyAny> {
+    pub(super) fn ssl_c(&self) -> Bound<'py, PyAny> {
         let f = self.fields();
         bound(self.py, if f.ssl_c.is_some() { &f.ssl_c } else { &f.sslobj })
     }
@@ -231,7 +253,7 @@ impl<'a, 'py> Tls<'a, 'py> {
     // ----- reading -------------------------------------------------------------
 
     /// `_do_read`
-    fn do_read(&self) -> PyResult<()> {
+    pub(super) fn do_read(&self) -> PyResult<()> {
         let (state, app_reading_paused, is_buffer) = {
             let f = self.fields();
             (f.state, f.app_reading_paused, f.app_protocol_is_buffer)
@@ -447,7 +469,7 @@ impl<'a, 'py> Tls<'a, 'py> {
     }
 
     /// `_process_outgoing`: the encrypted records to the transport.
-    fn process_outgoing(&self) -> PyResult<()> {
+    pub(super) fn process_outgoing(&self) -> PyResult<()> {
         let py = self.py;
         let (paused, outgoing, transport) = {
             let f = self.fields();
@@ -613,13 +635,32 @@ protocol_pymethods! {
     }
 
     #[setter(_state)]
-    fn set_state(&self, value: Bound<'_, PyAny>) -> PyResult<()> {
-        let names = asyncio_names(value.py())?;
-        let Some(i) = names.states.iter().position(|m| value.is(m.bind(value.py()))) else {
+    fn set_state(slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(state) = Tls::new(slf)?.state_of(&value) else {
             return Err(PyValueError::new_err(format!("not an SSLProtocolState: {}", value.repr()?)));
         };
-        self.fields().state = State::ALL[i];
+        slf.get().fields().state = state;
         Ok(())
+    }
+
+    fn _set_state(slf: &Bound<'_, Self>, new_state: Bound<'_, PyAny>) -> PyResult<()> {
+        let tls = Tls::new(slf)?;
+        match tls.state_of(&new_state) {
+            Some(state) => tls.set_state(state),
+            None => tls.asyncio_method(intern!(slf.py(), "_set_state"), &[new_state]),
+        }
+    }
+
+    fn _start_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Tls::new(slf)?.start_handshake()
+    }
+
+    fn _do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Tls::new(slf)?.do_handshake()
+    }
+
+    fn _on_handshake_complete(slf: &Bound<'_, Self>, handshake_exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Tls::new(slf)?.on_handshake_complete(&handshake_exc)
     }
 
     #[getter(_sslobj)]

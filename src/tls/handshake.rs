@@ -1,0 +1,152 @@
+//! The handshake steps of asyncio's `SSLProtocol` (3.11+) and its state
+//! transitions, for `SSLProtocolCore` (`protocol.rs`): `_set_state`,
+//! `_start_handshake`, `_do_handshake` and the success of
+//! `_on_handshake_complete`. They run a few times per connection, but each
+//! was several Python frames, and each `SSLWantReadError` of the handshake
+//! unwound through two of them. What is rare (debug mode, a failed
+//! handshake, a refused transition) is asyncio's own method, called from
+//! here.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyString, PyTuple};
+
+use super::protocol::{State, Tls};
+
+/// asyncio's names the handshake needs, looked up once.
+struct HandshakeNames {
+    /// asyncio's `SSLProtocol`, whose methods take the rare cases.
+    asyncio_protocol: Py<PyAny>,
+    ssl_error: Py<PyAny>,
+    app_state_init: Py<PyAny>,
+    app_state_con_made: Py<PyAny>,
+}
+
+static NAMES: PyOnceLock<HandshakeNames> = PyOnceLock::new();
+
+fn names(py: Python<'_>) -> PyResult<&HandshakeNames> {
+    NAMES.get_or_try_init(py, || {
+        let sslproto = py.import("asyncio.sslproto")?;
+        let app_state = sslproto.getattr("AppProtocolState")?;
+        Ok(HandshakeNames {
+            asyncio_protocol: sslproto.getattr("SSLProtocol")?.unbind(),
+            ssl_error: py.import("ssl")?.getattr("SSLError")?.unbind(),
+            app_state_init: app_state.getattr("STATE_INIT")?.unbind(),
+            app_state_con_made: app_state.getattr("STATE_CON_MADE")?.unbind(),
+        })
+    })
+}
+
+/// Whether asyncio's `_set_state` lets the protocol go from `from` to `to`.
+fn transition_allowed(from: State, to: State) -> bool {
+    matches!(
+        (from, to),
+        (_, State::Unwrapped)
+            | (State::Unwrapped, State::DoHandshake)
+            | (State::DoHandshake, State::Wrapped)
+            | (State::Wrapped, State::Flushing)
+            | (State::Flushing, State::Shutdown)
+    )
+}
+
+impl<'py> Tls<'_, 'py> {
+    /// asyncio's own `SSLProtocol.<method>(self, *args)`.
+    pub(super) fn asyncio_method(&self, method: &Bound<'py, PyString>, args: &[Bound<'py, PyAny>]) -> PyResult<()> {
+        let function = names(self.py)?.asyncio_protocol.bind(self.py).getattr(method)?;
+        let all: Vec<_> = std::iter::once(self.slf.clone().into_any()).chain(args.iter().cloned()).collect();
+        function.call1(PyTuple::new(self.py, all)?).map(drop)
+    }
+
+    fn debug(&self) -> PyResult<bool> {
+        self.loop_().call_method0(intern!(self.py, "get_debug"))?.is_truthy()
+    }
+
+    /// Go to state `to` if asyncio allows it; else the state it stays in.
+    fn transition(&self, to: State) -> Result<(), State> {
+        let mut f = self.fields();
+        if !transition_allowed(f.state, to) {
+            return Err(f.state);
+        }
+        f.state = to;
+        Ok(())
+    }
+
+    /// `_set_state(new_state)`; a refused transition raises asyncio's error.
+    pub(super) fn set_state(&self, to: State) -> PyResult<()> {
+        let Err(from) = self.transition(to) else { return Ok(()) };
+        let (from, to) = (self.state_member(from).str()?, self.state_member(to).str()?);
+        Err(PyRuntimeError::new_err(format!("cannot switch state from {from} to {to}")))
+    }
+
+    /// `_start_handshake`
+    pub(super) fn start_handshake(&self) -> PyResult<()> {
+        let py = self.py;
+        if self.debug()? {
+            return self.asyncio_method(intern!(py, "_start_handshake"), &[]);
+        }
+        self.slf.setattr(intern!(py, "_handshake_start_time"), py.None())?;
+        self.set_state(State::DoHandshake)?;
+        let timeout = self.slf.getattr(intern!(py, "_ssl_handshake_timeout"))?;
+        let check = self.slf.getattr(intern!(py, "_check_handshake_timeout"))?;
+        let handle = self.loop_().call_method1(intern!(py, "call_later"), (timeout, check))?;
+        self.slf.setattr(intern!(py, "_handshake_timeout_handle"), handle)?;
+        self.do_handshake()
+    }
+
+    /// `_do_handshake`
+    pub(super) fn do_handshake(&self) -> PyResult<()> {
+        let py = self.py;
+        let outcome = match self.ssl_c().call_method0(intern!(py, "do_handshake")) {
+            Ok(_) => py.None().into_bound(py),
+            Err(e) if self.is_again(&e) => return self.process_outgoing(),
+            Err(e) if e.matches(py, names(py)?.ssl_error.bind(py))? => e.into_value(py).into_bound(py).into_any(),
+            Err(e) => return Err(e),
+        };
+        self.slf.call_method1(intern!(py, "_on_handshake_complete"), (outcome,)).map(drop)
+    }
+
+    /// `_on_handshake_complete(handshake_exc)`: a successful handshake
+    /// here; a failed one, or any in debug mode (which logs its duration),
+    /// is asyncio's method.
+    pub(super) fn on_handshake_complete(&self, handshake_exc: &Bound<'py, PyAny>) -> PyResult<()> {
+        let py = self.py;
+        let method = intern!(py, "_on_handshake_complete");
+        if !handshake_exc.is_none() || self.debug()? {
+            return self.asyncio_method(method, &[handshake_exc.clone()]);
+        }
+        let timeout_handle = intern!(py, "_handshake_timeout_handle");
+        let handle = self.slf.getattr(timeout_handle)?;
+        if !handle.is_none() {
+            handle.call_method0(intern!(py, "cancel"))?;
+            self.slf.setattr(timeout_handle, py.None())?;
+        }
+        if self.transition(State::Wrapped).is_err() {
+            // asyncio's method raises on the transition and reports the failure.
+            return self.asyncio_method(method, &[py.None().into_bound(py)]);
+        }
+        let (sslobj, ssl_c) = (self.sslobj(), self.ssl_c());
+        let peercert = match ssl_c.call_method1(intern!(py, "getpeercert"), (false,)) {
+            Ok(peercert) => peercert,
+            // asyncio's method reports it as it would have.
+            Err(e) => return self.asyncio_method(method, &[e.into_value(py).into_bound(py).into_any()]),
+        };
+        let cipher = ssl_c.call_method0(intern!(py, "cipher"))?;
+        let compression = ssl_c.call_method0(intern!(py, "compression"))?;
+        let extra = self.slf.getattr(intern!(py, "_extra"))?;
+        extra.set_item("peercert", peercert)?;
+        extra.set_item("cipher", cipher)?;
+        extra.set_item("compression", compression)?;
+        extra.set_item("ssl_object", sslobj)?;
+        let names = names(py)?;
+        let app_state = intern!(py, "_app_state");
+        if self.slf.getattr(app_state)?.is(names.app_state_init.bind(py)) {
+            self.slf.setattr(app_state, names.app_state_con_made.bind(py))?;
+            let app_transport = self.slf.call_method0(intern!(py, "_get_app_transport"))?;
+            self.app_protocol().call_method1(intern!(py, "connection_made"), (app_transport,))?;
+        }
+        self.slf.call_method0(intern!(py, "_wakeup_waiter"))?;
+        self.do_read()
+    }
+}
