@@ -682,3 +682,68 @@ def test_protocol_state_transitions(same):
         trace.append(("not a state", outcome(protocol._set_state, "WRAPPED")))
         await asyncio.sleep(0)
     same(scenario)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ssl_shutdown_timeout is 3.11+")
+@pytest.mark.parametrize("ending", ["close_notify", "fin", "fin_while_paused", "unanswered"])
+def test_how_the_peer_ends(same, ending):
+    """The server side's end of a TLS connection, for each way a blocking
+    peer can end it: close_notify, a bare FIN, a FIN while the app has
+    paused reading, and a server close_notify the peer never answers
+    (the shutdown timeout)."""
+    async def scenario(loop, trace):
+        made = loop.create_future()
+
+        class Server(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                if ending == "fin_while_paused":
+                    self.transport.pause_reading()
+                    loop.call_later(0.2, self.transport.resume_reading)
+                elif ending == "unanswered":
+                    self.transport.close()
+
+            def eof_received(self):
+                super().eof_received()
+
+        def make():
+            server = Server(trace, "server", echo=True)
+            made.set_result(server)
+            return server
+
+        srv = await loop.create_server(make, "127.0.0.1", 0, ssl=server_context(),
+                                       ssl_shutdown_timeout=0.3)
+        port = srv.sockets[0].getsockname()[1]
+
+        def peer():
+            seen = []
+            raw = socket.create_connection(("127.0.0.1", port))
+            raw.settimeout(5)
+            tls = client_context().wrap_socket(raw)  # takes raw's fd over
+            tls.sendall(b"hello")
+            seen.append(tls.recv(100))
+            if ending == "close_notify":
+                plain = tls.unwrap()
+                seen.append(plain.recv(100))
+                plain.close()
+                return seen
+            # A second socket object on the connection, for TCP-level reads and shutdown.
+            tcp = socket.fromfd(tls.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+            tcp.settimeout(5)
+            if ending.startswith("fin"):
+                tcp.shutdown(socket.SHUT_WR)
+                seen.append(outcome(tls.recv, 100))
+            else:
+                seen.append(outcome(tls.recv, 100))  # the server's close_notify
+                seen.append(tcp.recv(100))  # then its abort, at the timeout
+            tcp.close()
+            tls.close()
+            return seen
+
+        trace.append(("peer", await loop.run_in_executor(None, peer)))
+        server = await made
+        await server.lost
+        srv.close()
+        await srv.wait_closed()
+    with capture_log():
+        same(scenario)

@@ -59,7 +59,7 @@ impl<'py> Tls<'_, 'py> {
         function.call1(PyTuple::new(self.py, all)?).map(drop)
     }
 
-    fn debug(&self) -> PyResult<bool> {
+    pub(super) fn debug(&self) -> PyResult<bool> {
         self.loop_().call_method0(intern!(self.py, "get_debug"))?.is_truthy()
     }
 
@@ -71,6 +71,11 @@ impl<'py> Tls<'_, 'py> {
         }
         f.state = to;
         Ok(())
+    }
+
+    /// `ssl.SSLError`
+    pub(super) fn ssl_error(&self) -> PyResult<&Bound<'py, PyAny>> {
+        Ok(names(self.py)?.ssl_error.bind(self.py))
     }
 
     /// `_set_state(new_state)`; a refused transition raises asyncio's error.
@@ -101,7 +106,7 @@ impl<'py> Tls<'_, 'py> {
         let outcome = match self.ssl_c().call_method0(intern!(py, "do_handshake")) {
             Ok(_) => py.None().into_bound(py),
             Err(e) if self.is_again(&e) => return self.process_outgoing(),
-            Err(e) if e.matches(py, names(py)?.ssl_error.bind(py))? => e.into_value(py).into_bound(py).into_any(),
+            Err(e) if e.matches(py, self.ssl_error()?)? => e.into_value(py).into_bound(py).into_any(),
             Err(e) => return Err(e),
         };
         self.slf.call_method1(intern!(py, "_on_handshake_complete"), (outcome,)).map(drop)

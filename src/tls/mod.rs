@@ -12,8 +12,10 @@
 //!   `write`) encrypted and handed to the transport, both directions' flow
 //!   control,
 //! - [`handshake`]: the handshake steps and the state transitions,
+//! - [`shutdown`]: the end of the connection (EOF, close_notify),
 //! - [`flow`]: the water-mark decisions (plain Rust).
 
 pub mod flow;
 mod handshake;
 pub mod protocol;
+mod shutdown;

@@ -116,7 +116,7 @@ pub(super) struct Fields {
     conn_lost: i64,
     write_buffer_size: isize,
     ssl_writing_paused: bool,
-    app_reading_paused: bool,
+    pub(super) app_reading_paused: bool,
     ssl_reading_paused: bool,
     app_writing_paused: bool,
     app_protocol_is_buffer: bool,
@@ -167,13 +167,12 @@ impl SSLProtocolCore {
     /// What `buffer_updated` does once the bytes are in the BIO: the step
     /// of the current state.
     pub fn after_feed(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
         let tls = Tls::new(slf)?;
         match tls.state() {
             State::DoHandshake => tls.do_handshake(),
             State::Wrapped => tls.do_read(),
-            State::Flushing => tls.call(intern!(py, "_do_flush")),
-            State::Shutdown => tls.call(intern!(py, "_do_shutdown")),
+            State::Flushing => tls.do_flush(),
+            State::Shutdown => tls.do_shutdown(),
             State::Unwrapped => Ok(()),
         }
     }
@@ -218,12 +217,16 @@ impl<'a, 'py> Tls<'a, 'py> {
         bound(self.py, &self.fields().app_protocol)
     }
 
+    pub(super) fn transport(&self) -> Bound<'py, PyAny> {
+        bound(self.py, &self.fields().transport)
+    }
+
     pub(super) fn sslobj(&self) -> Bound<'py, PyAny> {
         bound(self.py, &self.fields().sslobj)
     }
 
     /// `self.<method>()`: one of asyncio's own steps.
-    fn call(&self, method: &Bound<'py, PyString>) -> PyResult<()> {
+    pub(super) fn call(&self, method: &Bound<'py, PyString>) -> PyResult<()> {
         self.slf.call_method0(method).map(drop)
     }
 
@@ -320,7 +323,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         }
         if closed {
             self.call(intern!(py, "_call_eof_received"))?;
-            self.call(intern!(py, "_start_shutdown"))?;
+            self.start_shutdown()?;
         }
         Ok(())
     }
@@ -362,7 +365,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         }
         if count == 0 {
             self.call(intern!(py, "_call_eof_received"))?;
-            self.call(intern!(py, "_start_shutdown"))?;
+            self.start_shutdown()?;
         }
         Ok(())
     }
@@ -446,7 +449,7 @@ impl<'a, 'py> Tls<'a, 'py> {
     }
 
     /// `_do_write`: encrypt the backlog, then hand the records on.
-    fn do_write(&self) -> PyResult<()> {
+    pub(super) fn do_write(&self) -> PyResult<()> {
         let py = self.py;
         let (ssl, backlog) = (self.ssl_c(), bound(py, &self.fields().write_backlog));
         while backlog.is_truthy()? {
@@ -661,6 +664,26 @@ protocol_pymethods! {
 
     fn _on_handshake_complete(slf: &Bound<'_, Self>, handshake_exc: Bound<'_, PyAny>) -> PyResult<()> {
         Tls::new(slf)?.on_handshake_complete(&handshake_exc)
+    }
+
+    fn eof_received(slf: &Bound<'_, Self>) -> PyResult<Option<bool>> {
+        Tls::new(slf)?.eof_received()
+    }
+
+    fn _start_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Tls::new(slf)?.start_shutdown()
+    }
+
+    fn _do_flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Tls::new(slf)?.do_flush()
+    }
+
+    fn _do_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Tls::new(slf)?.do_shutdown()
+    }
+
+    fn _on_shutdown_complete(slf: &Bound<'_, Self>, shutdown_exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Tls::new(slf)?.on_shutdown_complete(&shutdown_exc)
     }
 
     #[getter(_sslobj)]
