@@ -1,9 +1,10 @@
 """TLS on ferroloop's transports: asyncio's own `SSLProtocol`, whose
-once-per-record methods run in Rust (`SSLProtocolCore`, src/tls/).
+once-per-record methods and handshake and shutdown steps run in Rust
+(`SSLProtocolCore`, src/tls/).
 
-The subclass keeps everything else of asyncio's class (handshake,
-shutdown, timeouts, extra info, error reports, the app transport), so its
-behaviour and messages are those of the interpreter in use.  Python 3.10's
+The subclass keeps everything else of asyncio's class (`__init__`,
+timeouts, extra info, error reports, debug mode, the app transport), so
+its behaviour and messages are those of the interpreter in use.  Python 3.10's
 asyncio has the older SSL pipe design; there its class is used as it is."""
 
 import sys

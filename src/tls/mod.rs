@@ -2,10 +2,10 @@
 //! user's `SSLContext`), over any of ferroloop's stream transports.
 //!
 //! The protocol object is asyncio's own `SSLProtocol` (3.11+) with a Rust
-//! base class first in its order (`ferroloop._sslproto`): its
-//! once-per-connection steps (handshake, shutdown, timeouts, extra info,
-//! error reports) stay asyncio's code; what runs once per record, and the
-//! state that needs, is Rust's:
+//! base class first in its order (`ferroloop._sslproto`). What runs once
+//! per record, the handshake and shutdown steps, and the state they need
+//! are Rust's; the rest (`__init__`, timeouts, extra info, error reports,
+//! debug mode, rare paths) stays asyncio's code:
 //!
 //! - [`protocol`]: `SSLProtocolCore`: received bytes into the SSL object,
 //!   plaintext out to the app protocol, app writes (the app transport's

@@ -1,5 +1,6 @@
 //! `SSLProtocolCore`: the base class that puts the per-record methods of
-//! asyncio's `SSLProtocol` (Python 3.11+) and their state in Rust.
+//! asyncio's `SSLProtocol` (Python 3.11+) and their state in Rust (its
+//! handshake and shutdown steps: `handshake.rs`, `shutdown.rs`).
 //!
 //! `ferroloop._sslproto.SSLProtocol` derives from this class first and
 //! from asyncio's `SSLProtocol` second. This class's methods come first in
@@ -8,7 +9,7 @@
 //! `_control_ssl_reading` are these, and the state they use (`_state`,
 //! `_transport`, `_write_buffer_size`, the paused flags, the water marks,
 //! ...) are typed fields here behind attribute descriptors, which asyncio's
-//! own code (`__init__`, handshake, shutdown, timeouts, `connection_lost`)
+//! own code (`__init__`, timeouts, `connection_lost`, error reports)
 //! reads and sets as it always did. `_app_write` is the app transport's
 //! `write`. Each method does what asyncio's does,
 //! step for step. What differs is the cost: the `_ssl` object's C methods
