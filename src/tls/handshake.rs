@@ -119,7 +119,7 @@ impl<'py> Tls<'_, 'py> {
         let py = self.py;
         let method = intern!(py, "_on_handshake_complete");
         if !handshake_exc.is_none() || self.debug()? {
-            return self.asyncio_method(method, &[handshake_exc.clone()]);
+            return self.asyncio_method(method, std::slice::from_ref(handshake_exc));
         }
         let timeout_handle = intern!(py, "_handshake_timeout_handle");
         let handle = self.slf.getattr(timeout_handle)?;
