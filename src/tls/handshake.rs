@@ -52,6 +52,23 @@ fn transition_allowed(from: State, to: State) -> bool {
 }
 
 impl<'py> Tls<'_, 'py> {
+    /// `self.<handle> = self._loop.call_later(self.<timeout>, self.<check>)`
+    pub(super) fn start_timeout(&self, timeout: &Bound<'py, PyString>, check: &Bound<'py, PyString>, handle: &Bound<'py, PyString>) -> PyResult<()> {
+        let args = (self.slf.getattr(timeout)?, self.slf.getattr(check)?);
+        let timer = self.loop_().call_method1(intern!(self.py, "call_later"), args)?;
+        self.slf.setattr(handle, timer)
+    }
+
+    /// Cancel the timer `self.<handle>`, if any, and forget it.
+    pub(super) fn cancel_timeout(&self, handle: &Bound<'py, PyString>) -> PyResult<()> {
+        let timer = self.slf.getattr(handle)?;
+        if !timer.is_none() {
+            timer.call_method0(intern!(self.py, "cancel"))?;
+            self.slf.setattr(handle, self.py.None())?;
+        }
+        Ok(())
+    }
+
     /// asyncio's own `SSLProtocol.<method>(self, *args)`.
     pub(super) fn asyncio_method(&self, method: &Bound<'py, PyString>, args: &[Bound<'py, PyAny>]) -> PyResult<()> {
         let function = names(self.py)?.asyncio_protocol.bind(self.py).getattr(method)?;
@@ -93,10 +110,11 @@ impl<'py> Tls<'_, 'py> {
         }
         self.slf.setattr(intern!(py, "_handshake_start_time"), py.None())?;
         self.set_state(State::DoHandshake)?;
-        let timeout = self.slf.getattr(intern!(py, "_ssl_handshake_timeout"))?;
-        let check = self.slf.getattr(intern!(py, "_check_handshake_timeout"))?;
-        let handle = self.loop_().call_method1(intern!(py, "call_later"), (timeout, check))?;
-        self.slf.setattr(intern!(py, "_handshake_timeout_handle"), handle)?;
+        self.start_timeout(
+            intern!(py, "_ssl_handshake_timeout"),
+            intern!(py, "_check_handshake_timeout"),
+            intern!(py, "_handshake_timeout_handle"),
+        )?;
         self.do_handshake()
     }
 
@@ -121,12 +139,7 @@ impl<'py> Tls<'_, 'py> {
         if !handshake_exc.is_none() || self.debug()? {
             return self.asyncio_method(method, std::slice::from_ref(handshake_exc));
         }
-        let timeout_handle = intern!(py, "_handshake_timeout_handle");
-        let handle = self.slf.getattr(timeout_handle)?;
-        if !handle.is_none() {
-            handle.call_method0(intern!(py, "cancel"))?;
-            self.slf.setattr(timeout_handle, py.None())?;
-        }
+        self.cancel_timeout(intern!(py, "_handshake_timeout_handle"))?;
         if self.transition(State::Wrapped).is_err() {
             // asyncio's method raises on the transition and reports the failure.
             return self.asyncio_method(method, &[py.None().into_bound(py)]);

@@ -63,10 +63,11 @@ impl<'py> Tls<'_, 'py> {
             app_transport.setattr(intern!(py, "_closed"), true)?;
         }
         self.set_state(State::Flushing)?;
-        let timeout = self.slf.getattr(intern!(py, "_ssl_shutdown_timeout"))?;
-        let check = self.slf.getattr(intern!(py, "_check_shutdown_timeout"))?;
-        let handle = self.loop_().call_method1(intern!(py, "call_later"), (timeout, check))?;
-        self.slf.setattr(intern!(py, "_shutdown_timeout_handle"), handle)?;
+        self.start_timeout(
+            intern!(py, "_ssl_shutdown_timeout"),
+            intern!(py, "_check_shutdown_timeout"),
+            intern!(py, "_shutdown_timeout_handle"),
+        )?;
         self.do_flush()
     }
 
@@ -98,12 +99,7 @@ impl<'py> Tls<'_, 'py> {
     /// `_on_shutdown_complete(shutdown_exc)`
     pub(super) fn on_shutdown_complete(&self, shutdown_exc: &Bound<'py, PyAny>) -> PyResult<()> {
         let py = self.py;
-        let timeout_handle = intern!(py, "_shutdown_timeout_handle");
-        let handle = self.slf.getattr(timeout_handle)?;
-        if !handle.is_none() {
-            handle.call_method0(intern!(py, "cancel"))?;
-            self.slf.setattr(timeout_handle, py.None())?;
-        }
+        self.cancel_timeout(intern!(py, "_shutdown_timeout_handle"))?;
         if shutdown_exc.is_truthy()? {
             self.slf.call_method1(intern!(py, "_fatal_error"), (shutdown_exc,)).map(drop)
         } else {
