@@ -168,3 +168,22 @@ impl<'py> Tls<'_, 'py> {
         self.do_read()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_are_asyncios() {
+        use State::*;
+        let allowed: Vec<(State, State)> = State::ALL
+            .iter()
+            .flat_map(|&from| State::ALL.iter().map(move |&to| (from, to)))
+            .filter(|&(from, to)| transition_allowed(from, to))
+            .collect();
+        let mut expected: Vec<(State, State)> = State::ALL.iter().map(|&from| (from, Unwrapped)).collect();
+        expected.extend([(Unwrapped, DoHandshake), (DoHandshake, Wrapped), (Wrapped, Flushing), (Flushing, Shutdown)]);
+        assert_eq!(allowed.len(), expected.len());
+        assert!(expected.iter().all(|pair| allowed.contains(pair)));
+    }
+}

@@ -63,7 +63,7 @@ fn asyncio_names(py: Python<'_>) -> PyResult<&AsyncioNames> {
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub(super) enum State {
     #[default]
     Unwrapped,
@@ -74,7 +74,7 @@ pub(super) enum State {
 }
 
 impl State {
-    const ALL: [State; 5] = [State::Unwrapped, State::DoHandshake, State::Wrapped, State::Flushing, State::Shutdown];
+    pub(super) const ALL: [State; 5] = [State::Unwrapped, State::DoHandshake, State::Wrapped, State::Flushing, State::Shutdown];
 
     fn name(self) -> &'static str {
         match self {
@@ -247,6 +247,12 @@ impl<'a, 'py> Tls<'a, 'py> {
 
     fn pending(&self, bio: &Bound<'py, PyAny>) -> PyResult<usize> {
         bio.getattr(intern!(self.py, "pending"))?.extract()
+    }
+
+    /// The `_ssl` object, if the `SSLObject` has one (it always does
+    /// unless replaced by something else).
+    pub(super) fn ssl_c_only(&self) -> Option<Bound<'py, PyAny>> {
+        self.fields().ssl_c.as_ref().map(|c| c.bind(self.py).clone())
     }
 
     pub(super) fn ssl_c(&self) -> Bound<'py, PyAny> {

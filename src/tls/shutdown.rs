@@ -82,7 +82,12 @@ impl<'py> Tls<'_, 'py> {
     pub(super) fn do_shutdown(&self) -> PyResult<()> {
         let py = self.py;
         if !self.slf.getattr(intern!(py, "_eof_received"))?.is_truthy()? {
-            match self.ssl_c().call_method0(intern!(py, "shutdown")) {
+            // `self._sslobj.unwrap()`, which is the `_ssl` object's shutdown().
+            let unwrapped = match self.ssl_c_only() {
+                Some(ssl_c) => ssl_c.call_method0(intern!(py, "shutdown")),
+                None => self.sslobj().call_method0(intern!(py, "unwrap")),
+            };
+            match unwrapped {
                 Ok(_) => {}
                 Err(e) if self.is_again(&e) => return self.process_outgoing(),
                 Err(e) if e.matches(py, self.ssl_error()?)? => {
