@@ -118,6 +118,11 @@ class Peer:
         self.loop = loop
         self.sock = sock
         sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            # Without Nagle: a record sent while an earlier one waits for its
+            # delayed ACK (40 ms, as long as the harness settles) would come
+            # late on one loop and not the other, a kernel race, not the loop's.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = server_ctx() if server_side else client_ctx()
         self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inb, self.outb, server_side=server_side,
