@@ -10,34 +10,9 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use super::protocol::{State, Tls};
-
-/// asyncio's names the handshake needs, looked up once.
-struct HandshakeNames {
-    /// asyncio's `SSLProtocol`, whose methods take the rare cases.
-    asyncio_protocol: Py<PyAny>,
-    ssl_error: Py<PyAny>,
-    app_state_init: Py<PyAny>,
-    app_state_con_made: Py<PyAny>,
-}
-
-static NAMES: PyOnceLock<HandshakeNames> = PyOnceLock::new();
-
-fn names(py: Python<'_>) -> PyResult<&HandshakeNames> {
-    NAMES.get_or_try_init(py, || {
-        let sslproto = py.import("asyncio.sslproto")?;
-        let app_state = sslproto.getattr("AppProtocolState")?;
-        Ok(HandshakeNames {
-            asyncio_protocol: sslproto.getattr("SSLProtocol")?.unbind(),
-            ssl_error: py.import("ssl")?.getattr("SSLError")?.unbind(),
-            app_state_init: app_state.getattr("STATE_INIT")?.unbind(),
-            app_state_con_made: app_state.getattr("STATE_CON_MADE")?.unbind(),
-        })
-    })
-}
 
 /// Whether asyncio's `_set_state` lets the protocol go from `from` to `to`.
 fn transition_allowed(from: State, to: State) -> bool {
@@ -71,7 +46,7 @@ impl<'py> Tls<'_, 'py> {
 
     /// asyncio's own `SSLProtocol.<method>(self, *args)`.
     pub(super) fn asyncio_method(&self, method: &Bound<'py, PyString>, args: &[Bound<'py, PyAny>]) -> PyResult<()> {
-        let function = names(self.py)?.asyncio_protocol.bind(self.py).getattr(method)?;
+        let function = self.names.asyncio_protocol.bind(self.py).getattr(method)?;
         let all: Vec<_> = std::iter::once(self.slf.clone().into_any()).chain(args.iter().cloned()).collect();
         function.call1(PyTuple::new(self.py, all)?).map(drop)
     }
@@ -91,8 +66,8 @@ impl<'py> Tls<'_, 'py> {
     }
 
     /// `ssl.SSLError`
-    pub(super) fn ssl_error(&self) -> PyResult<&Bound<'py, PyAny>> {
-        Ok(names(self.py)?.ssl_error.bind(self.py))
+    pub(super) fn ssl_error(&self) -> &Bound<'py, PyAny> {
+        self.names.ssl_error.bind(self.py)
     }
 
     /// `_set_state(new_state)`; a refused transition raises asyncio's error.
@@ -124,7 +99,7 @@ impl<'py> Tls<'_, 'py> {
         let outcome = match self.ssl_c().call_method0(intern!(py, "do_handshake")) {
             Ok(_) => py.None().into_bound(py),
             Err(e) if self.is_again(&e) => return self.process_outgoing(),
-            Err(e) if e.matches(py, self.ssl_error()?)? => e.into_value(py).into_bound(py).into_any(),
+            Err(e) if e.matches(py, self.ssl_error())? => e.into_value(py).into_bound(py).into_any(),
             Err(e) => return Err(e),
         };
         self.slf.call_method1(intern!(py, "_on_handshake_complete"), (outcome,)).map(drop)
@@ -157,7 +132,7 @@ impl<'py> Tls<'_, 'py> {
         extra.set_item("cipher", cipher)?;
         extra.set_item("compression", compression)?;
         extra.set_item("ssl_object", sslobj)?;
-        let names = names(py)?;
+        let names = self.names;
         let app_state = intern!(py, "_app_state");
         if self.slf.getattr(app_state)?.is(names.app_state_init.bind(py)) {
             self.slf.setattr(app_state, names.app_state_con_made.bind(py))?;

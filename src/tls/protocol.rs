@@ -40,12 +40,18 @@ const READ_SIZE: usize = 16 * 1024 + 1;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: i64 = 5;
 
-/// asyncio's `SSLProtocolState`, `SSLAgainErrors` and logger, looked up once.
-struct AsyncioNames {
+/// asyncio's names the Rust methods use, looked up once.
+pub(super) struct AsyncioNames {
     /// The `SSLProtocolState` members, in [`State`] order.
     states: [Py<PyAny>; 5],
     again_errors: Py<PyAny>,
     logger: Py<PyAny>,
+    /// asyncio's `SSLProtocol`, whose own methods take the rare cases.
+    pub(super) asyncio_protocol: Py<PyAny>,
+    pub(super) ssl_error: Py<PyAny>,
+    /// `AppProtocolState.STATE_INIT` and `STATE_CON_MADE`.
+    pub(super) app_state_init: Py<PyAny>,
+    pub(super) app_state_con_made: Py<PyAny>,
 }
 
 static ASYNCIO: PyOnceLock<AsyncioNames> = PyOnceLock::new();
@@ -55,10 +61,15 @@ fn asyncio_names(py: Python<'_>) -> PyResult<&AsyncioNames> {
         let sslproto = py.import("asyncio.sslproto")?;
         let state = sslproto.getattr("SSLProtocolState")?;
         let member = |s: State| state.getattr(s.name()).map(Bound::unbind);
+        let app_state = sslproto.getattr("AppProtocolState")?;
         Ok(AsyncioNames {
             states: [member(State::Unwrapped)?, member(State::DoHandshake)?, member(State::Wrapped)?, member(State::Flushing)?, member(State::Shutdown)?],
             again_errors: sslproto.getattr("SSLAgainErrors")?.unbind(),
             logger: py.import("asyncio.log")?.getattr("logger")?.unbind(),
+            asyncio_protocol: sslproto.getattr("SSLProtocol")?.unbind(),
+            ssl_error: py.import("ssl")?.getattr("SSLError")?.unbind(),
+            app_state_init: app_state.getattr("STATE_INIT")?.unbind(),
+            app_state_con_made: app_state.getattr("STATE_CON_MADE")?.unbind(),
         })
     })
 }
@@ -184,7 +195,7 @@ impl SSLProtocolCore {
 pub(super) struct Tls<'a, 'py> {
     pub(super) py: Python<'py>,
     pub(super) slf: &'a Bound<'py, SSLProtocolCore>,
-    names: &'py AsyncioNames,
+    pub(super) names: &'py AsyncioNames,
 }
 
 impl<'a, 'py> Tls<'a, 'py> {

@@ -90,7 +90,7 @@ impl<'py> Tls<'_, 'py> {
             match unwrapped {
                 Ok(_) => {}
                 Err(e) if self.is_again(&e) => return self.process_outgoing(),
-                Err(e) if e.matches(py, self.ssl_error()?)? => {
+                Err(e) if e.matches(py, self.ssl_error())? => {
                     return self.on_shutdown_complete(&e.into_value(py).into_bound(py).into_any());
                 }
                 Err(e) => return Err(e),
