@@ -8,10 +8,10 @@ use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::RawFd;
 
-use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 
+use crate::sockaddr;
 use crate::transport::socket_io::{self, SocketKind};
 
 /// One `accept4(2)`, close-on-exec as the socket module does it and
@@ -28,75 +28,6 @@ fn accept_one(fd: RawFd) -> io::Result<(RawFd, libc::sockaddr_storage, libc::soc
     }
     // SAFETY: zero-initialised, then filled in by the kernel up to `len`.
     Ok((conn, unsafe { storage.assume_init() }, len))
-}
-
-// The C library's own formatting of host addresses (the `libc` crate does
-// not bind it): the socket module formats with it, and Rust's Ipv6Addr
-// Display differs for some addresses (`::1.2.3.4`).
-extern "C" {
-    fn inet_ntop(af: libc::c_int, src: *const libc::c_void, dst: *mut libc::c_char, size: libc::socklen_t) -> *const libc::c_char;
-}
-
-/// INET6_ADDRSTRLEN: the longest text inet_ntop writes, with its NUL.
-const ADDRESS_TEXT_SIZE: usize = 46;
-
-/// `inet_ntop(3)` of an address of `family`, as the socket module formats hosts.
-fn host_string<'py>(py: Python<'py>, family: i32, address: *const libc::c_void) -> PyResult<Bound<'py, PyString>> {
-    let mut text = [0 as libc::c_char; ADDRESS_TEXT_SIZE];
-    // SAFETY: `address` points to an in_addr/in6_addr matching `family`
-    // inside a sockaddr the caller owns; `text` is large enough for either.
-    let written = unsafe { inet_ntop(family, address, text.as_mut_ptr(), text.len() as libc::socklen_t) };
-    if written.is_null() {
-        return Err(io::Error::last_os_error().into());
-    }
-    // SAFETY: on success inet_ntop wrote a NUL-terminated string into `text`.
-    let text = unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) };
-    Ok(PyString::new(py, &text.to_string_lossy()))
-}
-
-/// The address as the socket module's `makesockaddr` returns it for these
-/// families: `(host, port)`, `(host, port, flowinfo, scope_id)`, or a Unix
-/// path (str, or bytes for Linux's abstract namespace).
-fn python_address<'py>(py: Python<'py>, storage: &libc::sockaddr_storage, len: libc::socklen_t) -> PyResult<Bound<'py, PyAny>> {
-    if len == 0 {
-        return Ok(py.None().into_bound(py));
-    }
-    match storage.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in (ss_family says so) into
-            // storage, which is large enough and suitably aligned for it.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let host = host_string(py, libc::AF_INET, (&a.sin_addr as *const libc::in_addr).cast())?;
-            Ok(PyTuple::new(py, [host.into_any(), u16::from_be(a.sin_port).into_pyobject(py)?.into_any()])?.into_any())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for a sockaddr_in6.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let host = host_string(py, libc::AF_INET6, (&a.sin6_addr as *const libc::in6_addr).cast())?;
-            let port = u16::from_be(a.sin6_port).into_pyobject(py)?.into_any();
-            let flowinfo = u32::from_be(a.sin6_flowinfo).into_pyobject(py)?.into_any();
-            let scope_id = a.sin6_scope_id.into_pyobject(py)?.into_any();
-            Ok(PyTuple::new(py, [host.into_any(), port, flowinfo, scope_id])?.into_any())
-        }
-        _ => {
-            // AF_UNIX (the only other family taken here).
-            // SAFETY: as above, for a sockaddr_un.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
-            // SAFETY: sun_path is a plain byte array of the struct.
-            let path: &[u8] = unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr().cast(), a.sun_path.len()) };
-            let path_len = (len as usize).saturating_sub(std::mem::offset_of!(libc::sockaddr_un, sun_path)).min(path.len());
-            if path_len > 0 && path[0] == 0 {
-                return Ok(PyBytes::new(py, &path[..path_len]).into_any());
-            }
-            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-            // SAFETY: `path[..end]` is valid for reads; the call returns a new
-            // reference or NULL with an exception set.
-            unsafe {
-                let decoded = ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr().cast(), end as ffi::Py_ssize_t);
-                Bound::from_owned_ptr_or_err(py, decoded)
-            }
-        }
-    }
 }
 
 /// Close an fd that no socket object owns yet.
@@ -145,7 +76,7 @@ fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepte
         return Ok(Stop::HandOver);
     }
     let SocketKind { family, kind, proto } = socket_io::socket_kind(sock)?;
-    if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
+    if !sockaddr::FAMILIES.contains(&family) {
         return Ok(Stop::HandOver);
     }
     let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
@@ -166,7 +97,7 @@ fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepte
                 return Ok(Stop::Raise(e));
             }
         };
-        match python_address(py, &storage, len).and_then(|addr| PyTuple::new(py, [conn.clone(), addr])) {
+        match sockaddr::python_address(py, &storage, len).and_then(|addr| PyTuple::new(py, [conn.clone(), addr])) {
             Ok(entry) => accepted.append(entry)?,
             Err(e) => {
                 conn.call_method0(pyo3::intern!(py, "close"))?;

@@ -9,6 +9,7 @@
 //! - [`transport`]: socket and pipe transports (read, write, flow control),
 //! - [`tls`]: the per-record paths of TLS (asyncio's SSLProtocol),
 //! - [`accept`]: servers' accept batches, as `sock.accept()` makes connections,
+//! - [`sockaddr`]: socket addresses as the socket module returns them,
 //! - [`sock_ops`]: `sock_recv`/`sock_recv_into`/`sock_sendall` fast paths,
 //! - [`pyhelpers`]: calls into the package's Python helpers.
 
@@ -20,6 +21,7 @@ pub mod inherited;
 pub mod poller;
 pub mod pyhelpers;
 pub mod sock_ops;
+pub mod sockaddr;
 pub mod timer_heap;
 pub mod tls;
 pub mod transport;
@@ -41,6 +43,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock_ops::SockWait>()?;
     sock_ops::init(m.py())?;
     m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::opening::detach_server, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;

@@ -5,6 +5,7 @@ and on the standard loop."""
 
 import asyncio
 import gc
+import itertools
 import os
 import socket
 import sys
@@ -573,4 +574,118 @@ def test_unix_server_close_runs_asyncios_cleanup(same, tmp_path):
             server.close()
             await server.wait_closed()
         trace.append((callers, os.path.exists(path)))
+    same(scenario)
+
+
+class _NamedSocket(socket.socket):
+    """Overrides only the name methods: the transport reports what they say."""
+
+    def getsockname(self):
+        return ("sockname", super().getsockname())
+
+    def getpeername(self):
+        return ("peername", super().getpeername())
+
+
+_names = itertools.count()
+
+
+def _extra_info_sockets(kind, tmp_path):
+    """(transport's socket, peer) for each kind of endpoint whose names the
+    transport reads: IPv4, IPv6, Unix path, abstract, unnamed, a subclass."""
+    if kind in ("ipv4", "ipv6", "subclass"):
+        family, host = (socket.AF_INET6, "::1") if kind == "ipv6" else (socket.AF_INET, "127.0.0.1")
+        listener = socket.create_server((host, 0), family=family)
+        ours = (_NamedSocket if kind == "subclass" else socket.socket)(family, socket.SOCK_STREAM)
+        ours.connect(listener.getsockname())
+        peer, _ = listener.accept()
+        listener.close()
+        return ours, peer
+    if kind == "unnamed":
+        return socket.socketpair()
+    listener = socket.socket(socket.AF_UNIX)
+    n = next(_names)    # (each loop's run binds its own)
+    listener.bind(str(tmp_path / f"s{n}") if kind == "unix" else b"\0ferroloop-extra-%d-%d" % (os.getpid(), n))
+    listener.listen()
+    ours = socket.socket(socket.AF_UNIX)
+    ours.connect(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    return ours, peer
+
+
+@pytest.mark.parametrize("kind", ["ipv4", "ipv6", "unix", "abstract", "unnamed", "subclass"])
+@pytest.mark.parametrize("side", ["connected", "accepted"])
+def test_extra_info_names(same, tmp_path, kind, side):
+    """sockname and peername as the standard loop reports them (ferroloop
+    formats them itself for plain sockets), for a transport made from a
+    connected socket and for one a server accepted."""
+    if kind == "ipv6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def scenario(loop, trace):
+        ours, peer = _extra_info_sockets(kind, tmp_path)
+        if side == "accepted":
+            ours, peer = peer, ours     # the listener's end
+        ours.setblocking(False)
+        transport, proto = await loop.connect_accepted_socket(lambda: Recorder(trace), ours)
+        names = [transport.get_extra_info(n) for n in ("sockname", "peername")]
+        trace.append(names == [ours.getsockname(), ours.getpeername()])
+        trace.append([type(n).__name__ for n in names])
+        trace.append(type(transport.get_extra_info("socket")).__name__)
+        await _finish(transport, proto, peer)
+        trace.append(transport.get_extra_info("sockname") == names[0])
+    same(scenario)
+
+
+def test_extra_info_of_a_closed_socket(same):
+    """A socket closed before its transport is made: the names are None,
+    and starting to read fails in the loop's exception handler."""
+    async def scenario(loop, trace):
+        loop.set_exception_handler(lambda loop, context: trace.append(type(context.get("exception")).__name__))
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        ours.close()
+        transport = loop._make_socket_transport(ours, asyncio.Protocol())
+        trace.append([transport.get_extra_info(n) for n in ("sockname", "peername")])
+        trace.append(transport._sock_fd)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        transport._sock = None  # (closing it would fail on the standard loop: fd -1)
+        peer.close()
+    same(scenario)
+
+
+def test_connection_lost_error_still_releases_everything(same):
+    """connection_lost() raising: the loop's handler gets the error, and the
+    socket is closed and the server left all the same (asyncio's finally),
+    so wait_closed() returns."""
+    async def scenario(loop, trace):
+        # (the message names the callback, whose class is the loop's own)
+        loop.set_exception_handler(lambda loop, context: trace.append(
+            (context["message"].rpartition(".")[2], repr(context.get("exception")))))
+
+        class Failing(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                transport.close()
+
+            def connection_lost(self, exc):
+                trace.append(("lost", exc))
+                raise RuntimeError("from connection_lost")
+
+        protocols = []
+        server = await loop.create_server(lambda: protocols.append(Failing()) or protocols[-1], "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        while not protocols or not protocols[0].transport.is_closing():
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        transport = protocols[0].transport
+        trace.append((transport.get_extra_info("socket").fileno(), transport._sock, transport._server))
+        trace.append(outcome(transport._call_connection_lost, None))
+        client.close()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+        trace.append("closed")
     same(scenario)

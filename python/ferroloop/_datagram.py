@@ -4,9 +4,9 @@
 `RustTransport` (_transport.py)."""
 
 import sys
-from asyncio import futures, selector_events, transports
+from asyncio import selector_events, transports
 
-from ._ferroloop import DatagramTransportCore
+from ._ferroloop import open_datagram_transport
 from ._transport import CORE_METHODS, RustTransport, overrides_socket_io
 
 # The socket methods asyncio's datagram transport does its I/O with.
@@ -27,16 +27,9 @@ class DatagramTransport(*_BASES):
     max_size = 256 * 1024
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
-        super().__init__(loop, sock, extra)
-        self._address = address
-        core = DatagramTransportCore(loop, sock, self, protocol, address,
-                                     bool(self._extra['peername']),
-                                     8 if _PY313 else 0, _PY313)
-        self._bind_core(core, sock)
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        # asyncio's steps, in Rust (src/transport/opening.rs).
+        open_datagram_transport(self, loop, sock, protocol, address, waiter, extra,
+                                8 if _PY313 else 0, _PY313)
 
 
 def make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):

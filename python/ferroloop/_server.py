@@ -18,6 +18,7 @@ import functools
 
 from ._ferroloop import accept_connections
 from ._sock import STANDARD  # the standard loop: the reference, and the fallback
+from ._stream import SocketTransport, make_socket_transport
 
 # `_accept_connection2`'s keyword names for the timeouts passed on by
 # `_accept_connection` (the shutdown timeout exists from 3.11).
@@ -59,6 +60,9 @@ def open_accepted(loop, protocol_factory, conn, extra, sslcontext, server, timeo
                 server=server, **dict(zip(_TIMEOUT_NAMES, timeouts)))
             waiter.add_done_callback(
                 functools.partial(_close_unless_opened, loop, protocol, transport))
+        elif type(loop)._make_socket_transport is make_socket_transport:
+            # (conn is a plain socket.socket: accept_connections made it)
+            SocketTransport(loop, conn, protocol, None, extra, server)
         else:
             loop._make_socket_transport(conn, protocol, extra=extra, server=server)
     except (SystemExit, KeyboardInterrupt):

@@ -2,18 +2,14 @@
 the Rust `StreamTransportCore` (src/transport/stream.rs); what all socket
 transports share is `RustTransport` (_transport.py)."""
 
-import inspect
 import sys
-from asyncio import base_events, constants, futures, selector_events
+from asyncio import constants, selector_events
 
-from ._ferroloop import StreamTransportCore
+from ._ferroloop import open_stream_transport
 from ._transport import CORE_METHODS, RustTransport, overrides_socket_io
 
 # The socket methods asyncio's stream transport does its I/O with.
 _SOCKET_IO = ("recv", "recv_into", "send", "sendmsg", "shutdown")
-
-# 3.13's Server tracks its clients: _attach(transport)/_detach(transport).
-_SERVER_TRACKS_CLIENTS = "transport" in inspect.signature(base_events.Server._attach).parameters
 
 
 class SocketTransport(RustTransport):
@@ -29,33 +25,13 @@ class SocketTransport(RustTransport):
     max_size = 256 * 1024
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(loop, sock, extra)
-        core = StreamTransportCore(loop, sock, self, protocol)
-        self._bind_core(core, sock)
-        self._server = server
-        if server is not None:
-            server._attach(self) if _SERVER_TRACKS_CLIENTS else server._attach()
-
-        # As asyncio: connection_made first, then reading, then the waiter.
-        # (The core has set TCP_NODELAY, as asyncio's transport does.)
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        # asyncio's steps, in Rust (src/transport/opening.rs): the extra info,
+        # the core (which sets TCP_NODELAY, as asyncio's transport does), the
+        # server's count, then connection_made, reading and the waiter.
+        open_stream_transport(self, loop, sock, protocol, waiter, extra, server)
 
     _eof = property(lambda self: self._core._eof)
     _empty_waiter = property(lambda self: self._core._empty_waiter)
-
-    def _detach_server(self):
-        server = self._server
-        if server is not None:
-            self._server = None
-            server._detach(self) if _SERVER_TRACKS_CLIENTS else server._detach()
-
-    def _connection_lost_done(self, core):
-        waiter = core._empty_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
 
 def make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):

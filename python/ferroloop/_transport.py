@@ -5,20 +5,23 @@ running the hot paths, plus a Python object that protocols see: an
 `asyncio.Transport` that binds the core's methods as its own (so
 `transport.write(data)` calls Rust with no Python frame in between) and
 keeps the cold parts, written as asyncio's `_SelectorTransport` writes
-them: extra info, repr, the end of the connection, error reports."""
+them: repr, `__del__`, error reports. Its `__init__` and the end of the
+connection (`_call_connection_lost`) are Rust's too: src/transport/opening.rs
+and base.rs."""
 
 import socket
 import warnings
 import weakref
-from asyncio import transports, trsock
+from asyncio import transports
 from asyncio.log import logger
 
-from ._ferroloop import CoreMethod
+from ._ferroloop import CoreMethod, detach_server
 
 # Methods every Rust core has (src/transport/base.rs); a subclass adds its own.
 CORE_METHODS = (
     "close", "abort", "is_closing", "get_write_buffer_size",
     "get_protocol", "set_protocol", "_force_close", "_read_ready", "_write_ready",
+    "_call_connection_lost",
 )
 
 
@@ -101,30 +104,10 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
     # Those of the core's methods that the transport takes as its own.
     _CORE_METHODS = CORE_METHODS
 
-    # Read by __del__, also when __init__ failed early.
+    # Read by __del__, also when __init__ failed early. (__init__ is a
+    # subclass's, in Rust: src/transport/opening.rs.)
     _sock = None
     _server = None
-
-    def __init__(self, loop, sock, extra):
-        # Not _FlowControlMixin.__init__: the flow-control state is the core's.
-        transports.BaseTransport.__init__(self, extra)
-        self._extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            self._extra['sockname'] = sock.getsockname()
-        except OSError:
-            self._extra['sockname'] = None
-        if 'peername' not in self._extra:
-            try:
-                self._extra['peername'] = sock.getpeername()
-            except OSError:
-                self._extra['peername'] = None
-        self._loop = loop
-        self._sock_fd = sock.fileno()
-
-    def _bind_core(self, core, sock):
-        self._core = core
-        self._sock = sock
-        self._loop._transports[self._sock_fd] = self
 
     # The state asyncio's code and tests read off a selector transport.
     _protocol = property(lambda self: self._core.get_protocol())
@@ -152,10 +135,7 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
-            self._detach_server()
-
-    def _detach_server(self):
-        pass
+            detach_server(self)
 
     def _fatal_error(self, exc, message='Fatal error on transport'):
         if isinstance(exc, OSError):
@@ -172,19 +152,3 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
 
     def _debug_log(self, message):
         logger.debug(message, self)
-
-    def _call_connection_lost(self, exc):
-        core = self._core
-        try:
-            if core._protocol_connected:
-                core.get_protocol().connection_lost(exc)
-        finally:
-            self._sock.close()
-            self._sock = None
-            self._loop = None
-            self._connection_lost_done(core)
-            core._release()
-            self._detach_server()
-
-    def _connection_lost_done(self, core):
-        """What a subclass releases once the connection is lost."""

@@ -359,6 +359,36 @@ impl<B: WriteQueue, X> Core<B, X> {
 
     // ----- end of life -------------------------------------------------------------
 
+    /// `_call_connection_lost(exc)`: the protocol's `connection_lost`, then,
+    /// even when that raised (asyncio's `finally`), close the socket, let go
+    /// of the loop, run `lost` (what the kind of transport adds), drop every
+    /// reference and leave the server.
+    pub fn call_connection_lost(&self, py: Python<'_>, exc: &Bound<'_, PyAny>, lost: impl FnOnce() -> PyResult<()>) -> PyResult<()>
+    where
+        X: KindState,
+    {
+        let (transport, protocol) = {
+            let s = self.state();
+            let protocol = if s.protocol_connected { s.protocol.as_ref().map(|p| p.clone_ref(py)) } else { None };
+            (s.transport.as_ref().map(|t| t.clone_ref(py)), protocol)
+        };
+        let called = match protocol {
+            Some(p) => p.bind(py).call_method1(pyo3::intern!(py, "connection_lost"), (exc,)).map(drop),
+            None => Ok(()),
+        };
+        // Called again: asyncio's `self._sock.close()` meets None.
+        let Some(transport) = transport.map(|t| t.into_bound(py)) else { return Err(released_error("close")) };
+        let cleanup = (|| {
+            transport.getattr(pyo3::intern!(py, "_sock"))?.call_method0(pyo3::intern!(py, "close"))?;
+            transport.setattr(pyo3::intern!(py, "_sock"), py.None())?;
+            transport.setattr(pyo3::intern!(py, "_loop"), py.None())?;
+            lost()?;
+            self.release();
+            super::opening::detach_server(&transport)
+        })();
+        cleanup.and(called)
+    }
+
     /// After `connection_lost`: drop every reference, so that a transport
     /// object kept around keeps no protocol or socket alive.
     pub fn release(&self)
@@ -450,6 +480,10 @@ macro_rules! transport_pymethods {
 
             fn _release(&self) {
                 self.core.release();
+            }
+
+            fn _call_connection_lost(&self, py: ::pyo3::Python<'_>, exc: ::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
+                self.core.call_connection_lost(py, &exc, || self.connection_lost_done(py))
             }
 
             fn get_protocol<'py>(&self, py: ::pyo3::Python<'py>) -> Option<::pyo3::Bound<'py, ::pyo3::PyAny>> {

@@ -1,7 +1,7 @@
 //! How a transport's Python object takes its Rust core's methods as its
 //! own: `CoreMethod` is a class attribute that, on first use on an object,
-//! binds the core's method (`obj._core.<name>`) and keeps it in the
-//! object's `__dict__`, where later lookups find it before the class. So
+//! binds the core's method (`obj._core.<name>`) and keeps it as the
+//! object's own attribute, which later lookups find before the class. So
 //! `transport.write(data)` calls Rust with no Python frame in between, and
 //! a connection pays only for the methods it uses (a short-lived server
 //! connection uses three or four of about fifteen). On the class,
@@ -30,7 +30,10 @@ impl CoreMethod {
         let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(self.unbound.clone_ref(py)) };
         let name = self.name.bind(py);
         let bound = obj.getattr(pyo3::intern!(py, "_core"))?.getattr(name)?;
-        obj.getattr(pyo3::intern!(py, "__dict__"))?.set_item(name, &bound)?;
+        // (set as an attribute: the class attribute is a non-data descriptor,
+        // so this stores into the object's own values without making it
+        // a `__dict__`)
+        obj.setattr(name, &bound)?;
         Ok(bound.unbind())
     }
 

@@ -138,6 +138,11 @@ enum Sent {
 }
 
 impl DatagramTransportCore {
+    /// Nothing more to do once the connection is lost.
+    fn connection_lost_done(&self, _py: Python<'_>) -> PyResult<()> {
+        Ok(())
+    }
+
     /// One send of `data` to `target`.
     fn send(&self, py: Python<'_>, data: &[u8], data_obj: &Bound<'_, PyAny>, target: &Target) -> Sent {
         let fd = self.core.fd();
@@ -250,7 +255,7 @@ super::base::transport_pymethods! {
     #[new]
     #[pyo3(signature = (loop_, sock, transport, protocol, address, connected, header_bytes, send_empty))]
     #[allow(clippy::too_many_arguments)]
-    fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, address: Option<Py<PyAny>>, connected: bool, header_bytes: usize, send_empty: bool) -> PyResult<Self> {
+    pub(crate) fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, address: Option<Py<PyAny>>, connected: bool, header_bytes: usize, send_empty: bool) -> PyResult<Self> {
         let family: i32 = sock.getattr("family")?.extract()?;
         let extra = DatagramState {
             address,

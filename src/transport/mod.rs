@@ -1,6 +1,7 @@
 //! Transports whose hot paths run in Rust.
 //!
 //! - [`base`]: what every transport shares: close/abort, reading on and off, flow control,
+//! - [`opening`]: what the socket transports' `__init__` do: extra info, core, registration, first callbacks,
 //! - [`core_method`]: the transport objects' methods that are their core's, bound on first use,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
 //! - [`stream_reader`]: asyncio's `StreamReaderProtocol` fed without its Python frames,
@@ -12,6 +13,7 @@
 pub mod base;
 pub mod core_method;
 pub mod datagram;
+pub mod opening;
 pub mod pipe;
 pub mod socket_io;
 pub mod stream;

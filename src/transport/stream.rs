@@ -9,13 +9,13 @@
 //! state machine shared with the datagram transport is [`Core`]. The
 //! Python object users see is `ferroloop._stream.SocketTransport` (an
 //! `asyncio.Transport`), which binds these methods as its own and keeps the
-//! cold parts: extra info, repr, `connection_lost` and error reports.
+//! cold parts: repr, `__del__` and error reports.
 //!
 //! The fd is watched through the loop's own `_add_reader`/`_add_writer`
 //! handles, so callback order, contexts and debug mode are the loop's.
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -101,6 +101,19 @@ pub struct StreamTransportCore {
 }
 
 impl StreamTransportCore {
+    /// Once the connection is lost: sendfile's wait for an empty buffer
+    /// fails (asyncio's `_call_connection_lost` does this).
+    fn connection_lost_done(&self, py: Python<'_>) -> PyResult<()> {
+        let waiter = self.core.state().extra.empty_waiter.as_ref().map(|w| w.clone_ref(py).into_bound(py));
+        match waiter {
+            Some(w) if !w.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? => {
+                let error = PyConnectionError::new_err("Connection is closed by peer");
+                w.call_method1(pyo3::intern!(py, "set_exception"), (error.into_value(py),)).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// What `write` and `writelines` refuse first: after `write_eof()`, and
     /// while sendfile runs.
     fn check_can_write(&self, method: &str) -> PyResult<()> {
@@ -275,7 +288,7 @@ super::base::transport_pymethods! {
     StreamTransportCore,
 
     #[new]
-    fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
+    pub(crate) fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
         let this = StreamTransportCore { core: Core::new(&loop_, &sock, &transport, StreamState::default())? };
         this.set_protocol(&protocol)?;
         // As asyncio's transport: no Nagle delay on TCP.

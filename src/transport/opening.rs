@@ -1,0 +1,143 @@
+//! What the socket transports' `__init__` do, in one call into Rust: the
+//! extra info and attributes asyncio's `_SelectorTransport.__init__` sets,
+//! the core, the loop's registration of the fd, the server's count and the
+//! first callbacks; and leaving the server at the end. A server makes one
+//! transport per connection: as Python frames, these steps were about a
+//! tenth of the instructions a short HTTP connection costs the server.
+
+use std::os::fd::RawFd;
+use std::sync::OnceLock;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString};
+
+use super::datagram::DatagramTransportCore;
+use super::stream::StreamTransportCore;
+use crate::sockaddr;
+
+/// `asyncio.trsock.TransportSocket` and `asyncio.futures._set_result_unless_cancelled`.
+static ASYNCIO_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+fn asyncio_names(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
+    ASYNCIO_NAMES.get_or_try_init(py, || {
+        let transport_socket = py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind();
+        let set_result = py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind();
+        Ok((transport_socket, set_result))
+    })
+}
+
+/// `SocketTransport.__init__`: a TCP or Unix stream socket's transport.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn open_stream_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let fd = init_selector_transport(transport, loop_, sock, extra)?;
+    let core = Bound::new(py, StreamTransportCore::new(loop_.clone(), sock.clone(), transport.clone(), protocol.clone())?)?;
+    bind_core(transport, loop_, core.as_any(), sock, fd)?;
+    transport.setattr(intern!(py, "_server"), server)?;
+    if !server.is_none() {
+        call_server(server, intern!(py, "_attach"), transport)?;
+    }
+    // As asyncio: connection_made first, then reading, then the waiter.
+    start(transport, loop_, protocol, core.as_any(), waiter)
+}
+
+/// The transport leaves its server (`_call_connection_lost`, `__del__`).
+#[pyfunction]
+pub fn detach_server(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let server = transport.getattr(intern!(py, "_server"))?;
+    if server.is_none() {
+        return Ok(());
+    }
+    transport.setattr(intern!(py, "_server"), py.None())?;
+    call_server(&server, intern!(py, "_detach"), transport)
+}
+
+/// `server._attach()` or `_detach()`; from 3.13 the Server tracks its
+/// clients and is passed the transport.
+fn call_server(server: &Bound<'_, PyAny>, method: &Bound<'_, PyString>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    static SERVER_TRACKS_CLIENTS: OnceLock<bool> = OnceLock::new();
+    if *SERVER_TRACKS_CLIENTS.get_or_init(|| server.py().version_info() >= (3, 13)) {
+        server.call_method1(method, (transport,)).map(drop)
+    } else {
+        server.call_method0(method).map(drop)
+    }
+}
+
+/// `DatagramTransport.__init__`: a UDP or Unix datagram socket's transport.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn open_datagram_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, header_bytes: usize, send_empty: bool) -> PyResult<()> {
+    let py = transport.py();
+    let fd = init_selector_transport(transport, loop_, sock, extra)?;
+    transport.setattr(intern!(py, "_address"), address)?;
+    let connected = transport.getattr(intern!(py, "_extra"))?.get_item(intern!(py, "peername"))?.is_truthy()?;
+    let address = (!address.is_none()).then(|| address.clone().unbind());
+    let core = DatagramTransportCore::new(loop_.clone(), sock.clone(), transport.clone(), protocol.clone(), address, connected, header_bytes, send_empty)?;
+    let core = Bound::new(py, core)?;
+    bind_core(transport, loop_, core.as_any(), sock, fd)?;
+    start(transport, loop_, protocol, core.as_any(), waiter)
+}
+
+/// `_SelectorTransport.__init__`'s part: `_extra` with the socket, its
+/// name and the peer's (None where the call fails), `_loop` and `_sock_fd`.
+fn init_selector_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = transport.py();
+    // BaseTransport.__init__: the caller's dict itself, or a new one.
+    let extra = if extra.is_none() { PyDict::new(py).into_any() } else { extra.clone() };
+    transport.setattr(intern!(py, "_extra"), &extra)?;
+    extra.set_item(intern!(py, "socket"), asyncio_names(py)?.0.bind(py).call1((sock,))?)?;
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    extra.set_item(intern!(py, "sockname"), none_on_os_error(py, socket_name(sock, fd))?)?;
+    if !extra.contains(intern!(py, "peername"))? {
+        extra.set_item(intern!(py, "peername"), none_on_os_error(py, sock.call_method0(intern!(py, "getpeername")))?)?;
+    }
+    transport.setattr(intern!(py, "_loop"), loop_)?;
+    transport.setattr(intern!(py, "_sock_fd"), fd)?;
+    Ok(fd)
+}
+
+/// `sock.getsockname()`: for a plain socket of the common families, made
+/// here (the socket module formats IPv4 hosts with sprintf).
+fn socket_name<'py>(sock: &Bound<'py, PyAny>, fd: RawFd) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    if sock.get_type().is(crate::sock_ops::socket_type(py)?.bind(py)) {
+        let (storage, len) = sockaddr::local_address(fd)?;
+        if sockaddr::FAMILIES.contains(&(storage.ss_family as i32)) {
+            return sockaddr::python_address(py, &storage, len);
+        }
+    }
+    sock.call_method0(intern!(py, "getsockname"))
+}
+
+fn none_on_os_error<'py>(py: Python<'py>, result: PyResult<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    match result {
+        Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(py.None().into_bound(py)),
+        other => other,
+    }
+}
+
+/// The transport's core and socket, and `loop._transports[fd] = transport`
+/// (which add_reader and the sock_* methods check, as on the standard loop).
+fn bind_core(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, core: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    let py = transport.py();
+    transport.setattr(intern!(py, "_core"), core)?;
+    transport.setattr(intern!(py, "_sock"), sock)?;
+    loop_.getattr(intern!(py, "_transports"))?.set_item(fd, transport)
+}
+
+/// `connection_made`, then reading, then the waiter, each in its own callback.
+fn start(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, core: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let call_soon = intern!(py, "call_soon");
+    loop_.call_method1(call_soon, (protocol.getattr(intern!(py, "connection_made"))?, transport))?;
+    loop_.call_method1(call_soon, (core.getattr(intern!(py, "_start_reading"))?,))?;
+    if !waiter.is_none() {
+        loop_.call_method1(call_soon, (asyncio_names(py)?.1.bind(py), waiter, py.None()))?;
+    }
+    Ok(())
+}
