@@ -61,19 +61,26 @@ def _delegate(name):
     return method
 
 
+# Core methods a connection calls about once: bound at each use, not kept on
+# the object, which often outlives its connection in a reference cycle
+# (protocol <-> transport) and then holds fewer objects for the collector.
+_CALLED_ONCE = frozenset({"close", "abort", "write_eof", "_force_close", "_call_connection_lost"})
+
+
 class CoreMethods:
     """Takes the Rust core's methods named in `_CORE_METHODS` as the
     object's own: each name is a `CoreMethod` (src/transport/core_method.rs),
-    which binds `self._core`'s method on first use and keeps it on the
-    object (later calls: one call into Rust, no Python frame), and on the
-    class is a function that delegates (so that Class.method(obj, ...) works)."""
+    which binds `self._core`'s method on use and (but for `_CALLED_ONCE`)
+    keeps it on the object (later calls: one call into Rust, no Python
+    frame), and on the class is a function that delegates (so that
+    Class.method(obj, ...) works)."""
 
     _CORE_METHODS = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in cls._CORE_METHODS:
-            setattr(cls, name, CoreMethod(name, _delegate(name)))
+            setattr(cls, name, CoreMethod(name, _delegate(name), name not in _CALLED_ONCE))
 
 
 class CoreFlowControl:

@@ -1,7 +1,8 @@
 //! How a transport's Python object takes its Rust core's methods as its
 //! own: `CoreMethod` is a class attribute that, on first use on an object,
 //! binds the core's method (`obj._core.<name>`) and keeps it as the
-//! object's own attribute, which later lookups find before the class. So
+//! object's own attribute, which later lookups find before the class
+//! (methods called about once per connection are bound at each use). So
 //! `transport.write(data)` calls Rust with no Python frame in between, and
 //! a connection pays only for the methods it uses (a short-lived server
 //! connection uses three or four of about fifteen). On the class,
@@ -15,13 +16,16 @@ pub struct CoreMethod {
     name: Py<PyString>,
     /// What the class attribute is when looked up on the class.
     unbound: Py<PyAny>,
+    /// Whether the object keeps the bound method (false for methods called
+    /// about once per connection).
+    keep: bool,
 }
 
 #[pymethods]
 impl CoreMethod {
     #[new]
-    fn new(name: Bound<'_, PyString>, unbound: Bound<'_, PyAny>) -> Self {
-        CoreMethod { name: name.unbind(), unbound: unbound.unbind() }
+    fn new(name: Bound<'_, PyString>, unbound: Bound<'_, PyAny>, keep: bool) -> Self {
+        CoreMethod { name: name.unbind(), unbound: unbound.unbind(), keep }
     }
 
     /// A non-data descriptor (no `__set__`): the object's own attribute, once
@@ -33,7 +37,9 @@ impl CoreMethod {
         // (set as an attribute: the class attribute is a non-data descriptor,
         // so this stores into the object's own values without making it
         // a `__dict__`)
-        obj.setattr(name, &bound)?;
+        if self.keep {
+            obj.setattr(name, &bound)?;
+        }
         Ok(bound.unbind())
     }
 
