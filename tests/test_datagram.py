@@ -306,3 +306,51 @@ def test_socket_subclass_io_methods_are_called(same, connected):
             await proto.lost
             trace.append(sorted(ours.calls))
     same(scenario)
+
+
+def _link_local_address():
+    """An IPv6 link-local address of this machine and its interface index, or None."""
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                hexaddr, index, _, scope, *_ = line.split()
+                if hexaddr.startswith("fe80") and int(scope, 16) == 0x20:
+                    host = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
+                    return host, int(index, 16)
+    except OSError:
+        pass
+    return None
+
+
+def test_link_local_sender_address(same):
+    """A sender's scoped link-local IPv6 address: the host without `%scope`
+    (the socket module writes it with inet_ntop), the scope id in the tuple."""
+    found = _link_local_address()
+    if found is None:
+        pytest.skip("no IPv6 link-local address")
+    host, index = found
+
+    async def scenario(loop, trace):
+        sockets = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                s.bind((host, 0, 0, index))
+            except OSError as e:
+                pytest.skip(f"cannot bind {host}: {e}")
+            s.setblocking(False)
+            sockets.append(s)
+        ours, peer = sockets
+        got = loop.create_future()
+
+        class Receiver(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.set_result(addr)
+
+        transport, _ = await loop.create_datagram_endpoint(Receiver, sock=ours)
+        peer.sendto(b"x", transport.get_extra_info("sockname"))
+        addr = await asyncio.wait_for(got, 5)
+        trace.append((addr == peer.getsockname(), addr[0] == host, addr[3] == index))
+        transport.close()
+        peer.close()
+    same(scenario)

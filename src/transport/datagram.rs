@@ -10,7 +10,6 @@
 //! `ferroloop._datagram.DatagramTransport`.
 
 use std::collections::VecDeque;
-use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
@@ -22,6 +21,7 @@ use socket2::SockAddr;
 
 use super::base::{must_propagate, not_bytes_like, Core, KindState, WriteQueue};
 use super::socket_io::{self, os_error, would_block};
+use crate::sockaddr;
 
 /// asyncio's `max_size`: the largest datagram received whole.
 const MAX_DATAGRAM: usize = 256 * 1024;
@@ -84,29 +84,16 @@ pub struct DatagramTransportCore {
 }
 
 /// The sender's address as the socket module's `recvfrom` reports it:
-/// `(host, port)` for IPv4, `(host, port, flowinfo, scope_id)` for IPv6,
-/// the host written by getnameinfo(NI_NUMERICHOST) as CPython writes it.
+/// `(host, port)` for IPv4, `(host, port, flowinfo, scope_id)` for IPv6
+/// (the host as inet_ntop writes it: a link-local one has no `%scope`).
 fn python_address(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
-    if let Some(v4) = addr.as_socket_ipv4() {
-        return Ok((v4.ip().to_string(), v4.port()).into_pyobject(py)?.into_any().unbind());
-    }
-    let Some(v6) = addr.as_socket_ipv6() else {
+    if !addr.is_ipv4() && !addr.is_ipv6() {
         return Err(PyOSError::new_err("unexpected address family"));
-    };
-    let mut host = [0 as libc::c_char; libc::NI_MAXHOST as usize];
-    // SAFETY: `addr` points to an initialised sockaddr of `addr.len()` bytes;
-    // `host` is a writable buffer of the length passed; no service buffer
-    // is asked for (NULL, 0).
-    let rc = unsafe {
-        libc::getnameinfo(addr.as_ptr().cast(), addr.len(), host.as_mut_ptr(), host.len() as libc::socklen_t, std::ptr::null_mut(), 0, libc::NI_NUMERICHOST)
-    };
-    let host = if rc == 0 {
-        // SAFETY: getnameinfo succeeded, so `host` holds a NUL-terminated string.
-        unsafe { CStr::from_ptr(host.as_ptr()) }.to_string_lossy().into_owned()
-    } else {
-        v6.ip().to_string()
-    };
-    Ok((host, v6.port(), v6.flowinfo(), v6.scope_id()).into_pyobject(py)?.into_any().unbind())
+    }
+    // SAFETY: socket2's SockAddrStorage is repr(transparent) over libc's
+    // sockaddr_storage, and `addr` holds one initialised up to `len()`.
+    let storage = unsafe { &*addr.as_ptr().cast::<libc::sockaddr_storage>() };
+    Ok(sockaddr::python_address(py, storage, addr.len())?.unbind())
 }
 
 /// A numeric IPv4/IPv6 address tuple, without the resolver; None for
