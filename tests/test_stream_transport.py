@@ -689,3 +689,39 @@ def test_connection_lost_error_still_releases_everything(same):
         await asyncio.wait_for(server.wait_closed(), 5)
         trace.append("closed")
     same(scenario)
+
+
+def test_transport_registry(same):
+    """`loop._transports` (asyncio's WeakValueDictionary, which ferroloop
+    fills without its __setitem__'s frames): the transport is found by fd,
+    add_reader on its fd is refused, and a transport that is gone leaves
+    it; also while the dictionary is being iterated (removals pending)."""
+    from weakref import _IterationGuard
+
+    async def scenario(loop, trace):
+        registry = loop._transports
+        transport, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
+        fd = transport._sock_fd
+        entry = registry.data[fd]
+        trace.append((registry[fd] is transport, type(entry).__name__, entry.key == fd))
+        error = outcome(loop.add_reader, fd, lambda: None)
+        trace.append((error[0], error[1].startswith(f"File descriptor {fd} is used by transport <")))
+        await _finish(transport, proto, peer)
+        del transport, proto, entry
+        gc.collect()
+        trace.append(fd in registry)
+
+        # A removal pending while the dictionary is iterated, then a new
+        # transport: asyncio's __setitem__ commits the removal first.
+        with _IterationGuard(registry):
+            first, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
+            first_fd = first._sock_fd
+            await _finish(first, proto, peer)
+            del first, proto
+            gc.collect()
+            trace.append(len(registry._pending_removals))
+        second, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
+        trace.append((second._sock_fd == first_fd, registry.get(second._sock_fd) is second,
+                      len(registry._pending_removals), len(registry)))
+        await _finish(second, proto, peer)
+    same(scenario)

@@ -127,7 +127,38 @@ fn bind_core(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, core: &Boun
     let py = transport.py();
     transport.setattr(intern!(py, "_core"), core)?;
     transport.setattr(intern!(py, "_sock"), sock)?;
-    loop_.getattr(intern!(py, "_transports"))?.set_item(fd, transport)
+    let registry = loop_.getattr(intern!(py, "_transports"))?;
+    if !register_weakly(&registry, fd, transport)? {
+        registry.set_item(fd, transport)?;
+    }
+    Ok(())
+}
+
+/// `weakref.WeakValueDictionary`, `weakref.KeyedRef` and `weakref.ref.__new__`.
+static WEAKREF_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// `registry[fd] = transport` for the loop's `WeakValueDictionary`, as its
+/// `__setitem__` does it (`data[key] = KeyedRef(value, self._remove, key)`)
+/// but without that method's three Python frames, the costliest step of
+/// making a transport. False, with nothing done, for anything else (or
+/// removals pending), which then takes the dictionary's own method.
+fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = registry.py();
+    let (dict_type, keyed_ref, ref_new) = WEAKREF_NAMES.get_or_try_init(py, || {
+        let weakref = py.import("weakref")?;
+        let keyed_ref = weakref.getattr("KeyedRef")?;
+        let ref_new = weakref.getattr("ref")?.getattr("__new__")?;
+        Ok::<_, PyErr>((weakref.getattr("WeakValueDictionary")?.unbind(), keyed_ref.unbind(), ref_new.unbind()))
+    })?;
+    if !registry.get_type().is(dict_type.bind(py)) || registry.getattr(intern!(py, "_pending_removals"))?.is_truthy()? {
+        return Ok(false);
+    }
+    // KeyedRef.__new__: `ref.__new__(type, ob, callback)`, then `.key`
+    // (its __init__ only checks the same arguments again).
+    let entry = ref_new.bind(py).call1((keyed_ref.bind(py), transport, registry.getattr(intern!(py, "_remove"))?))?;
+    entry.setattr(intern!(py, "key"), fd)?;
+    registry.getattr(intern!(py, "data"))?.set_item(fd, entry)?;
+    Ok(true)
 }
 
 /// `connection_made`, then reading, then the waiter, each in its own callback.
