@@ -711,8 +711,10 @@ def test_transport_registry(same):
         gc.collect()
         trace.append(fd in registry)
 
-        # A removal pending while the dictionary is iterated, then a new
-        # transport: asyncio's __setitem__ commits the removal first.
+        # A transport gone while the dictionary is iterated leaves its
+        # removal pending; a new transport made during the iteration (the
+        # fd reused) is found, and the removal does not stay pending (the
+        # dictionary commits pending removals on its next use).
         with _IterationGuard(registry):
             first, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
             first_fd = first._sock_fd
@@ -720,8 +722,8 @@ def test_transport_registry(same):
             del first, proto
             gc.collect()
             trace.append(len(registry._pending_removals))
-        second, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
-        trace.append((second._sock_fd == first_fd, registry.get(second._sock_fd) is second,
-                      len(registry._pending_removals), len(registry)))
+            second, proto, peer = await _connect(loop, "tcp", lambda: Recorder(trace))
+            trace.append((second._sock_fd == first_fd, registry.get(second._sock_fd) is second,
+                          len(registry._pending_removals), len(registry)))
         await _finish(second, proto, peer)
     same(scenario)
