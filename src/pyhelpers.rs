@@ -151,3 +151,19 @@ pub fn with_readonly_view<T>(py: Python<'_>, data: &[u8], f: impl FnOnce(&Bound<
     }
     result
 }
+
+/// `descriptor.__get__(obj)` through the type's slot, as attribute lookup
+/// calls it: without the method-wrapper and argument tuple of a call to
+/// `__get__`, which cost a microsecond per accepted connection
+/// (`socket_io::socket_kind`).
+pub fn descriptor_get<'py>(descriptor: &Bound<'py, PyAny>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    // SAFETY: reading the slot of a live type object; not built for the
+    // limited API, so the type struct is the full one.
+    let get = unsafe { (*ffi::Py_TYPE(descriptor.as_ptr())).tp_descr_get };
+    let Some(get) = get else { return descriptor.call_method1(pyo3::intern!(py, "__get__"), (obj,)) };
+    // SAFETY: tp_descr_get takes borrowed (descriptor, obj, type) and returns
+    // a new reference, or NULL with an exception set (a member or getset
+    // descriptor raises TypeError for an object of another type).
+    unsafe { Bound::from_owned_ptr_or_err(py, get(descriptor.as_ptr(), obj.as_ptr(), ffi::Py_TYPE(obj.as_ptr()).cast())) }
+}

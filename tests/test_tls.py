@@ -747,3 +747,53 @@ def test_how_the_peer_ends(same, ending):
         await srv.wait_closed()
     with capture_log():
         same(scenario)
+
+
+
+def test_ssl_object_standing_in_for_the_c_object(same):
+    """An `SSLObject` whose `_sslobj` is not the `_ssl` object itself (here
+    a wrapper, made by a context's `sslobject_class`): its read and write
+    are called, as asyncio's `SSLObject.read`/`write` call them (ferroloop
+    calls the C methods directly only on the `_ssl` object itself), and
+    the records get through intact."""
+    used = set()
+
+    class Recording:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def read(self, *args):
+            used.add("read")
+            return self._inner.read(*args)
+
+        def write(self, data):
+            used.add("write")
+            return self._inner.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    class RecordingSSLObject(ssl.SSLObject):
+        @classmethod
+        def _create(cls, *args, **kwargs):
+            obj = super()._create(*args, **kwargs)
+            obj._sslobj = Recording(obj._sslobj)
+            return obj
+
+    async def scenario(loop, trace):
+        used.clear()
+        sctx = server_context()
+        sctx.sslobject_class = RecordingSSLObject
+        srv, tr, client, server = await _pair(loop, trace, sctx=sctx, server_hostname="")
+        for size in (1, 20_000, 300_000):
+            payload = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
+            client.data.clear()
+            tr.write(payload)
+            while len(client.data) < size:
+                await asyncio.sleep(0.001)
+            trace.append(("echoed", size, bytes(client.data) == payload))
+        await _close(tr, client, server, srv)
+        trace.append(("used", sorted(used)))
+
+    trace = same(scenario)
+    assert ("used", ["read", "write"]) in trace

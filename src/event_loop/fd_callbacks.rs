@@ -339,10 +339,10 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Dir) -> PyResult<bool> {
 
 /// Queue the callbacks of the fds that poll reported ready, and drop the
 /// ones whose handle was cancelled, as asyncio's `_process_events` does.
-pub fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Readiness]) -> PyResult<()> {
+/// (`ready`: an empty vector the caller reuses.)
+pub fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Readiness], ready: &mut Vec<Ready>) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
-    let mut ready = Vec::with_capacity(events.len());
     let mut stale = Vec::new();
     {
         let mut table = lock(&core.fds);
@@ -366,7 +366,7 @@ pub fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Readiness]) -> PyResult<()>
         }
     }
     if !ready.is_empty() {
-        lock(&core.sched).ready.extend(ready);
+        lock(&core.sched).ready.extend(ready.drain(..));
     }
     for (fd, dir) in stale {
         remove_fd(slf, fd, dir)?;

@@ -30,6 +30,8 @@ const IDLE_FD_POLL_INTERVAL: f64 = 0.001;
 /// What one run of the loop reuses from iteration to iteration.
 struct RunState {
     events: Vec<Readiness>,
+    /// The handles of the fds found ready, on their way to the ready queue.
+    fired: Vec<Ready>,
     batch: VecDeque<Ready>,
     last_poll: f64,
 }
@@ -47,7 +49,7 @@ fn run(slf: &Bound<'_, LoopCore>, until_stopped: bool) -> PyResult<()> {
     let core = slf.get();
     let mut guard = core.poller.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
     let poller = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-    let mut state = RunState { events: Vec::with_capacity(64), batch: VecDeque::new(), last_poll: f64::NEG_INFINITY };
+    let mut state = RunState { events: Vec::with_capacity(64), fired: Vec::new(), batch: VecDeque::new(), last_poll: f64::NEG_INFINITY };
     loop {
         iterate(slf, poller, &mut state)?;
         if !until_stopped || core.stopping.load(Ordering::Relaxed) {
@@ -59,7 +61,7 @@ fn run(slf: &Bound<'_, LoopCore>, until_stopped: bool) -> PyResult<()> {
 fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, state: &mut RunState) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
-    let RunState { events, batch, last_poll } = state;
+    let RunState { events, fired, batch, last_poll } = state;
 
     let timeout = prune_and_compute_timeout(slf)?;
 
@@ -92,7 +94,7 @@ fn iterate(slf: &Bound<'_, LoopCore>, poller: &mut Poller, state: &mut RunState)
         Err(e) => return Err(e.into()),
     }
     if !events.is_empty() {
-        fd_callbacks::dispatch(slf, events)?;
+        fd_callbacks::dispatch(slf, events, fired)?;
     }
 
     queue_due_timers(slf)?;

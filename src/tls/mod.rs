@@ -13,8 +13,11 @@
 //!   control,
 //! - [`handshake`]: the handshake steps and the state transitions,
 //! - [`shutdown`]: the end of the connection (EOF, close_notify),
-//! - [`flow`]: the water-mark decisions (plain Rust).
+//! - [`flow`]: the water-mark decisions (plain Rust),
+//! - [`c_calls`]: the `_ssl` object's and memory BIOs' C methods, called
+//!   without a lookup by name.
 
+mod c_calls;
 pub mod flow;
 mod handshake;
 pub mod protocol;

@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyTuple};
 
+use super::c_calls;
 use super::flow::{flow_change, FlowChange};
 use crate::pyhelpers::with_readonly_view;
 use crate::transport::base::must_propagate;
@@ -173,7 +174,7 @@ impl SSLProtocolCore {
     /// them into the BIO straight from that buffer.
     pub fn feed(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let incoming = bound(py, &self.fields().incoming);
-        with_readonly_view(py, data, |view| incoming.call_method1(intern!(py, "write"), (view,)).map(drop))
+        with_readonly_view(py, data, |view| c_calls::bio_write(&incoming, view))
     }
 
     /// What `buffer_updated` does once the bytes are in the BIO: the step
@@ -257,7 +258,7 @@ impl<'a, 'py> Tls<'a, 'py> {
     }
 
     fn pending(&self, bio: &Bound<'py, PyAny>) -> PyResult<usize> {
-        bio.getattr(intern!(self.py, "pending"))?.extract()
+        c_calls::bio_pending(bio)
     }
 
     /// The `_ssl` object, if the `SSLObject` has one (it always does
@@ -283,11 +284,15 @@ impl<'a, 'py> Tls<'a, 'py> {
             return Ok(());
         }
         let result = (|| {
+            // Whether the read found the BIO empty, which no code run since
+            // (the app protocol's, the writes) can have refilled: only the
+            // transport's next read does.
+            let mut drained = false;
             if !app_reading_paused {
                 if is_buffer {
                     self.read_buffered()?;
                 } else {
-                    self.read_copied()?;
+                    drained = self.read_copied()?;
                 }
                 let backlog = bound(self.py, &self.fields().write_backlog);
                 if backlog.is_truthy()? {
@@ -296,20 +301,23 @@ impl<'a, 'py> Tls<'a, 'py> {
                     self.process_outgoing()?;
                 }
             }
-            self.control_ssl_reading()
+            self.control_ssl_reading(drained.then_some(0))
         })();
         self.fatal_error_on(result, "Fatal error on SSL protocol")
     }
 
     /// `_do_read__copied`: everything decrypted in one `data_received`,
-    /// then, if the peer closed (close_notify), EOF and shutdown.
-    fn read_copied(&self) -> PyResult<()> {
+    /// then, if the peer closed (close_notify), EOF and shutdown. True if
+    /// the reads stopped on an empty BIO.
+    fn read_copied(&self) -> PyResult<bool> {
         let py = self.py;
         let (ssl, incoming) = (self.ssl_c(), bound(py, &self.fields().incoming));
-        let mut chunks: Vec<Bound<'py, PyBytes>> = Vec::new();
-        let mut closed = false;
+        // Most reads take one chunk: it needs no vector.
+        let mut first: Option<Bound<'py, PyBytes>> = None;
+        let mut more: Vec<Bound<'py, PyBytes>> = Vec::new();
+        let (mut closed, mut drained) = (false, false);
         loop {
-            let chunk = match ssl.call_method1(intern!(py, "read"), (READ_SIZE,)) {
+            let chunk = match c_calls::ssl_read(&ssl, READ_SIZE) {
                 Ok(c) => c.cast_into::<PyBytes>()?,
                 Err(e) if self.is_again(&e) => break,
                 Err(e) => return Err(e),
@@ -319,17 +327,23 @@ impl<'a, 'py> Tls<'a, 'py> {
                 closed = true;
                 break;
             }
-            chunks.push(chunk);
+            match first {
+                None => first = Some(chunk),
+                Some(_) => more.push(chunk),
+            }
             // All the SSL object had, and no bytes left in the BIO: the
             // next read would raise SSLWantReadError, so stop here.
             if n < READ_SIZE && self.pending(&incoming)? == 0 {
+                drained = true;
                 break;
             }
         }
-        let data = match chunks.len() {
-            0 => None,
-            1 => chunks.pop(),
-            _ => Some(PyBytes::new(py, &chunks.iter().flat_map(|c| c.as_bytes()).copied().collect::<Vec<u8>>())),
+        let data = match first {
+            Some(first) if !more.is_empty() => {
+                let joined: Vec<u8> = std::iter::once(&first).chain(&more).flat_map(|c| c.as_bytes()).copied().collect();
+                Some(PyBytes::new(py, &joined))
+            }
+            first => first,
         };
         if let Some(data) = data {
             let app = bound(py, &self.fields().app_protocol);
@@ -343,7 +357,7 @@ impl<'a, 'py> Tls<'a, 'py> {
             self.call(intern!(py, "_call_eof_received"))?;
             self.start_shutdown()?;
         }
-        Ok(())
+        Ok(drained)
     }
 
     /// `_do_read__buffered`: decrypt straight into the app protocol's buffer.
@@ -358,7 +372,7 @@ impl<'a, 'py> Tls<'a, 'py> {
             loop {
                 let asked = wants - offset;
                 let target = if offset == 0 { buf.clone() } else { buf.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))? };
-                count = ssl.call_method1(intern!(py, "read"), (asked, target))?.extract()?;
+                count = c_calls::ssl_read_into(&ssl, asked, &target)?.extract()?;
                 if count == 0 {
                     return Ok(());
                 }
@@ -446,7 +460,7 @@ impl<'a, 'py> Tls<'a, 'py> {
             return self.write_appdata(PyTuple::new(py, [data])?.as_any());
         }
         let len = data.len()? as isize;
-        let result = match self.ssl_c().call_method1(intern!(py, "write"), (data,)).and_then(|c| c.extract::<isize>()) {
+        let result = match c_calls::ssl_write(&self.ssl_c(), data).and_then(|c| c.extract::<isize>()) {
             Ok(count) if count >= len => self.process_outgoing(),
             // Part of it: the rest waits in the backlog, as asyncio's loop leaves it.
             Ok(count) => (|| {
@@ -472,7 +486,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         let (ssl, backlog) = (self.ssl_c(), bound(py, &self.fields().write_backlog));
         while backlog.is_truthy()? {
             let data = backlog.get_item(0)?;
-            let count: isize = match ssl.call_method1(intern!(py, "write"), (&data,)) {
+            let count: isize = match c_calls::ssl_write(&ssl, &data) {
                 Ok(c) => c.extract()?,
                 Err(e) if self.is_again(&e) => break,
                 Err(e) => return Err(e),
@@ -499,7 +513,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         let mut pending = self.pending(&outgoing)?;
         // asyncio reads the BIO even when it is empty; nothing differs.
         if !paused && pending > 0 {
-            let data = outgoing.call_method0(intern!(py, "read"))?;
+            let data = c_calls::bio_read(&outgoing)?;
             transport.call_method1(intern!(py, "write"), (data,))?;
             // Read out: only this protocol's own SSL calls refill the BIO.
             pending = 0;
@@ -544,11 +558,14 @@ impl<'a, 'py> Tls<'a, 'py> {
     }
 
     /// `_control_ssl_reading`: pause or resume the transport's reading
-    /// while the BIO holds too many undecrypted bytes.
-    fn control_ssl_reading(&self) -> PyResult<()> {
+    /// while the BIO holds too many undecrypted bytes (`known_pending`,
+    /// when the caller knows how many).
+    fn control_ssl_reading(&self, known_pending: Option<usize>) -> PyResult<()> {
         let py = self.py;
-        let incoming = bound(py, &self.fields().incoming);
-        let size = self.pending(&incoming)? as f64;
+        let size = match known_pending {
+            Some(n) => n,
+            None => self.pending(&bound(py, &self.fields().incoming))?,
+        } as f64;
         let (method, transport) = {
             let mut f = self.fields();
             let method = match flow_change(size, f.incoming_high_water.value, f.incoming_low_water.value, f.ssl_reading_paused) {
@@ -726,7 +743,7 @@ protocol_pymethods! {
         let py = slf.py();
         let view = slf.getattr(intern!(py, "_ssl_buffer_view"))?;
         let received = view.get_item(PySlice::new(py, 0, nbytes, 1))?;
-        bound(py, &slf.get().fields().incoming).call_method1(intern!(py, "write"), (received,))?;
+        c_calls::bio_write(&bound(py, &slf.get().fields().incoming), &received)?;
         Self::after_feed(slf)
     }
 
@@ -753,7 +770,7 @@ protocol_pymethods! {
     }
 
     fn _control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Tls::new(slf)?.control_ssl_reading()
+        Tls::new(slf)?.control_ssl_reading(None)
     }
 
     /// The app transport's `write(data)` (bound onto it by `_sslproto`):

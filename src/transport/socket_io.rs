@@ -7,10 +7,11 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyOSError;
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use socket2::{SockRef, Socket};
+
+use crate::pyhelpers;
 
 /// Reads of up to this size go through one buffer per thread.
 pub const SHARED_READ_BUFFER: usize = 256 * 1024;
@@ -65,23 +66,8 @@ pub fn socket_kind(sock: &Bound<'_, PyAny>) -> PyResult<SocketKind> {
         let members = py.import("_socket")?.getattr("socket")?.getattr("__dict__")?;
         Ok::<_, PyErr>((members.get_item("family")?.unbind(), members.get_item("type")?.unbind()))
     })?;
-    let get = |member: &Py<PyAny>| descriptor_get(member.bind(py), sock)?.extract::<i32>();
+    let get = |member: &Py<PyAny>| pyhelpers::descriptor_get(member.bind(py), sock)?.extract::<i32>();
     Ok(SocketKind { family: get(family)?, kind: get(kind)?, proto: sock.getattr(pyo3::intern!(py, "proto"))?.extract()? })
-}
-
-/// `descriptor.__get__(obj)` through the type's slot, as attribute lookup
-/// calls it: without the method-wrapper and argument tuple of a call to
-/// `__get__`, which cost a microsecond per accepted connection.
-fn descriptor_get<'py>(descriptor: &Bound<'py, PyAny>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let py = obj.py();
-    // SAFETY: reading the slot of a live type object; not built for the
-    // limited API, so the type struct is the full one.
-    let get = unsafe { (*ffi::Py_TYPE(descriptor.as_ptr())).tp_descr_get };
-    let Some(get) = get else { return descriptor.call_method1(pyo3::intern!(py, "__get__"), (obj,)) };
-    // SAFETY: tp_descr_get takes borrowed (descriptor, obj, type) and returns
-    // a new reference, or NULL with an exception set (a member descriptor
-    // raises TypeError for an object that is not a `_socket.socket`).
-    unsafe { Bound::from_owned_ptr_or_err(py, get(descriptor.as_ptr(), obj.as_ptr(), ffi::Py_TYPE(obj.as_ptr()).cast())) }
 }
 
 /// asyncio's `base_events._set_nodelay`: TCP_NODELAY on a TCP socket

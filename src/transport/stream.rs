@@ -129,7 +129,11 @@ impl StreamTransportCore {
 
     /// Send what can go now when nothing is queued, queue the rest, watch
     /// for writability if anything was queued, then apply flow control.
-    fn send_or_queue(slf: &Bound<'_, Self>, chunks: Vec<Chunk>) -> PyResult<()> {
+    /// (`chunks`: an array for `write`'s one chunk, so it needs no vector.)
+    fn send_or_queue<C>(slf: &Bound<'_, Self>, chunks: C) -> PyResult<()>
+    where
+        C: AsRef<[Chunk]> + IntoIterator<Item = Chunk>,
+    {
         let py = slf.py();
         let core = &slf.get().core;
         let fd = core.fd();
@@ -140,10 +144,10 @@ impl StreamTransportCore {
         }
         let mut sent = 0;
         if core.state().buffer.is_empty() {
-            let result = if let [chunk] = chunks.as_slice() {
+            let result = if let [chunk] = chunks.as_ref() {
                 socket_io::send(fd, chunk.as_ref())
             } else {
-                let slices: Vec<_> = chunks.iter().map(|c| std::io::IoSlice::new(c.as_ref())).collect();
+                let slices: Vec<_> = chunks.as_ref().iter().map(|c| std::io::IoSlice::new(c.as_ref())).collect();
                 socket_io::send_vectored(fd, &slices)
             };
             match result {
@@ -151,7 +155,7 @@ impl StreamTransportCore {
                 Err(e) if would_block(&e) => {}
                 Err(e) => return core.fatal_error(py, os_error(e), "Fatal write error on socket transport"),
             }
-            if sent == chunks.iter().map(|c| c.as_ref().len()).sum::<usize>() {
+            if sent == chunks.as_ref().iter().map(|c| c.as_ref().len()).sum::<usize>() {
                 return Ok(());
             }
             core.watch(slf.as_any(), true)?;
@@ -333,7 +337,7 @@ super::base::transport_pymethods! {
         if chunk.as_ref().is_empty() || !this.core.writable_or_log(slf.py())? {
             return Ok(());
         }
-        Self::send_or_queue(slf, vec![chunk])
+        Self::send_or_queue(slf, [chunk])
     }
 
     /// Python 3.12+'s `writelines` (earlier versions join and `write()`):
