@@ -1,17 +1,24 @@
 //! The accept path of servers: every connection queued on a listening
 //! socket, taken in one call as the socket objects and peer addresses that
 //! `sock.accept()` makes, without its Python frames and without the
-//! BlockingIOError that ends each of asyncio's accept batches.
-//! `ferroloop/_server.py` makes each one's protocol and transport.
+//! BlockingIOError that ends each of asyncio's accept batches. For a plain
+//! TCP or Unix server ([`accept_and_open`]) each connection's protocol and
+//! transport are made here too, by a callback; otherwise
+//! `ferroloop/_server.py` makes them.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple};
 
+use crate::event_loop::{self, LoopCore};
 use crate::sockaddr;
+use crate::socket_object::SocketMaker;
+use crate::transport::base::must_propagate;
+use crate::transport::opening;
 use crate::transport::socket_io::{self, SocketKind};
 
 /// One `accept4(2)`, close-on-exec as the socket module does it and
@@ -60,15 +67,77 @@ enum Stop {
 pub fn accept_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyAny>)> {
     let py = sock.py();
     let accepted = PyList::empty(py);
-    let then = match take_connections(sock, backlog, &accepted)? {
-        Stop::Done => py.None().into_bound(py),
-        Stop::HandOver => pyo3::types::PyBool::new(py, true).to_owned().into_any(),
-        Stop::Raise(e) => e.into_value(py).into_bound(py).into_any(),
-    };
-    Ok((accepted, then))
+    let stop = take_connections(sock, backlog, |conn, addr| accepted.append(PyTuple::new(py, [conn, addr])?))?;
+    Ok((accepted, stop.into_then(py)))
 }
 
-fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepted: &Bound<'_, PyList>) -> PyResult<Stop> {
+/// [`accept_connections`] for a plain TCP or Unix server (no TLS, no task
+/// factory, the loop's own stream transport): each connection's protocol
+/// and transport are made by a callback scheduled for it, [`open_accepted`].
+/// Returns `(count, then)`.
+#[pyfunction]
+pub fn accept_and_open<'py>(loop_: &Bound<'py, PyAny>, protocol_factory: &Bound<'py, PyAny>, sock: &Bound<'py, PyAny>, server: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>) -> PyResult<(usize, Bound<'py, PyAny>)> {
+    let py = sock.py();
+    let core = loop_.cast::<LoopCore>()?;
+    let open = OPEN_ACCEPTED.get_or_try_init(py, || Ok::<_, PyErr>(wrap_pyfunction!(open_accepted, py)?.into_any().unbind()))?;
+    let mut count = 0;
+    let stop = take_connections(sock, backlog, |conn, addr| {
+        let args = PyTuple::new(py, [loop_.clone(), protocol_factory.clone(), conn, addr, server.clone()])?;
+        event_loop::call_soon(core, open.bind(py).clone(), args)?;
+        count += 1;
+        Ok(())
+    })?;
+    Ok((count, stop.into_then(py)))
+}
+
+static OPEN_ACCEPTED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `ferroloop._stream.SocketTransport`, `object.__new__` and
+/// `ferroloop._server._report_failure`.
+static SERVER_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// One accepted connection's protocol and transport: the task body of
+/// asyncio's `_accept_connection2`, with its error handling (a failure is
+/// reported in debug mode only), as `_server.open_accepted` does it. The
+/// transport's Python `__init__` is skipped: it only calls what this calls.
+#[pyfunction]
+fn open_accepted(loop_: &Bound<'_, PyAny>, protocol_factory: &Bound<'_, PyAny>, conn: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = loop_.py();
+    let (transport_type, object_new, report_failure) = SERVER_NAMES.get_or_try_init(py, || {
+        let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
+        let transport_type = py.import("ferroloop._stream")?.getattr("SocketTransport")?.unbind();
+        Ok::<_, PyErr>((transport_type, object_new, py.import("ferroloop._server")?.getattr("_report_failure")?.unbind()))
+    })?;
+    let mut protocol = None;
+    let result = (|| {
+        let made = protocol_factory.call0()?;
+        let transport = object_new.bind(py).call1((transport_type.bind(py),))?;
+        let extra = PyDict::new(py);
+        extra.set_item(pyo3::intern!(py, "peername"), addr)?;
+        let none = py.None().into_bound(py);
+        opening::open_stream_transport(&transport, loop_, conn, protocol.insert(made), &none, extra.as_any(), server)
+    })();
+    match result {
+        Err(e) if !must_propagate(py, &e) => {
+            report_failure.bind(py).call1((loop_, e.into_value(py), protocol, py.None())).map(drop)
+        }
+        other => other,
+    }
+}
+
+impl Stop {
+    /// The `then` of [`accept_connections`].
+    fn into_then(self, py: Python<'_>) -> Bound<'_, PyAny> {
+        match self {
+            Stop::Done => py.None().into_bound(py),
+            Stop::HandOver => pyo3::types::PyBool::new(py, true).to_owned().into_any(),
+            Stop::Raise(e) => e.into_value(py).into_bound(py).into_any(),
+        }
+    }
+}
+
+/// The batch of [`accept_connections`]: `taken(conn, addr)` for each.
+fn take_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>, mut taken: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>) -> PyResult<()>) -> PyResult<Stop> {
     let py = sock.py();
     let socket_type = crate::sock_ops::socket_type(py)?.bind(py);
     let Ok(backlog) = backlog.extract::<isize>() else { return Ok(Stop::HandOver) };
@@ -80,6 +149,7 @@ fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepte
         return Ok(Stop::HandOver);
     }
     let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+    let sockets = SocketMaker::new(py)?;
     for _ in 0..backlog.max(0) {
         let (conn_fd, storage, len) = match accept_one(fd) {
             Ok(accepted) => accepted,
@@ -90,15 +160,15 @@ fn take_connections(sock: &Bound<'_, PyAny>, backlog: &Bound<'_, PyAny>, accepte
         // makes it, then `setblocking(False)` as asyncio does: SOCK_NONBLOCK
         // in the type tells the socket module the fd is non-blocking already
         // (timeout 0, no ioctl; `type` itself leaves the flag out).
-        let conn = match socket_type.call1((family, kind | libc::SOCK_NONBLOCK, proto, conn_fd)) {
+        let conn = match sockets.make(family, kind | libc::SOCK_NONBLOCK, proto, conn_fd) {
             Ok(conn) => conn,
             Err(e) => {
                 close_fd(conn_fd);
                 return Ok(Stop::Raise(e));
             }
         };
-        match sockaddr::python_address(py, &storage, len).and_then(|addr| PyTuple::new(py, [conn.clone(), addr])) {
-            Ok(entry) => accepted.append(entry)?,
+        match sockaddr::python_address(py, &storage, len) {
+            Ok(addr) => taken(conn, addr)?,
             Err(e) => {
                 conn.call_method0(pyo3::intern!(py, "close"))?;
                 return Ok(Stop::Raise(e));

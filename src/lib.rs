@@ -10,6 +10,7 @@
 //! - [`tls`]: the per-record paths of TLS (asyncio's SSLProtocol),
 //! - [`accept`]: servers' accept batches, as `sock.accept()` makes connections,
 //! - [`sockaddr`]: socket addresses as the socket module returns them,
+//! - [`socket_object`]: accepted connections' `socket.socket` objects, made and closed,
 //! - [`sock_ops`]: `sock_recv`/`sock_recv_into`/`sock_sendall` fast paths,
 //! - [`pyhelpers`]: calls into the package's Python helpers.
 
@@ -22,6 +23,7 @@ pub mod poller;
 pub mod pyhelpers;
 pub mod sock_ops;
 pub mod sockaddr;
+pub mod socket_object;
 pub mod timer_heap;
 pub mod tls;
 pub mod transport;
@@ -42,7 +44,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tls::protocol::SSLProtocolCore>()?;
     m.add_class::<sock_ops::SockWait>()?;
     sock_ops::init(m.py())?;
+    socket_object::init(m.py())?;
+    transport::opening::init(m.py())?;
     m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
+    m.add_function(wrap_pyfunction!(accept::accept_and_open, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::detach_server, m)?)?;

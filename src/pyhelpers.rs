@@ -5,7 +5,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyType};
 
 
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -166,4 +166,21 @@ pub fn descriptor_get<'py>(descriptor: &Bound<'py, PyAny>, obj: &Bound<'py, PyAn
     // a new reference, or NULL with an exception set (a member or getset
     // descriptor raises TypeError for an object of another type).
     unsafe { Bound::from_owned_ptr_or_err(py, get(descriptor.as_ptr(), obj.as_ptr(), ffi::Py_TYPE(obj.as_ptr()).cast())) }
+}
+
+/// `type_.__new__(type_)` by the type's slot, as `type_()` starts (then
+/// calls `__init__`), for a type whose `__new__` takes no arguments (as
+/// `object`'s and `_socket.socket`'s); `Type.__new__(Type)` in Python
+/// would first check that the call is safe, for several times the cost.
+pub fn new_object<'py>(type_: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let py = type_.py();
+    let type_ptr = type_.as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: `type_` is a live type object (a `PyType`), whose full
+    // struct is readable: this module is not built for the limited API.
+    let Some(tp_new) = (unsafe { (*type_ptr).tp_new }) else { return type_.call0() };
+    let args = PyTuple::empty(py);
+    // SAFETY: tp_new's contract: the type (a subtype of the slot's owner,
+    // here the type itself), an argument tuple and NULL keywords, all
+    // borrowed; it returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, tp_new(type_ptr, args.as_ptr(), std::ptr::null_mut())) }
 }

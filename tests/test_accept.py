@@ -319,3 +319,66 @@ def test_tls_handshake_failure_closes_connection(same, debug_after_accept):
         await server.wait_closed()
     with capture_log():
         same(scenario)
+
+
+
+def test_socket_methods_replaced_for_a_while(same, monkeypatch):
+    """An accepted connection's socket is made by `socket.socket.__init__`,
+    wrapped by `TransportSocket.__init__` and closed by `socket.close`:
+    replaced by a test, each replacement is called as on asyncio (ferroloop
+    does their steps itself only while they are the modules' own), and
+    the socket objects are in the same state."""
+    import asyncio.trsock
+    socket_init, socket_close = socket.socket.__init__, socket.socket.close
+    wrapper_init = asyncio.trsock.TransportSocket.__init__
+
+    async def scenario(loop, trace):
+        calls, accepted = [], []
+
+        def init(self, family=-1, type=-1, proto=-1, fileno=None):
+            if fileno is not None:
+                calls.append("socket.__init__ with a fileno")
+            socket_init(self, family, type, proto, fileno)
+
+        def close(self):
+            if any(self is s for s in accepted):
+                calls.append("close of the accepted socket")
+            socket_close(self)
+
+        def wrap(self, sock):
+            calls.append("TransportSocket.__init__")
+            wrapper_init(self, sock)
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport._sock
+                accepted.append(sock)
+                trace.append(("made", type(sock).__name__, sock._io_refs, sock._closed,
+                              sock.gettimeout(),
+                              type(transport.get_extra_info("socket")).__name__))
+
+            def connection_lost(self, exc):
+                lost.set_result(None)
+
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        for patched in (False, True):
+            calls.clear()
+            accepted.clear()
+            lost = loop.create_future()
+            if patched:
+                monkeypatch.setattr(socket.socket, "__init__", init)
+                monkeypatch.setattr(socket.socket, "close", close)
+                monkeypatch.setattr(asyncio.trsock.TransportSocket, "__init__", wrap)
+            client = socket.create_connection(address)
+            client.close()
+            await lost
+            monkeypatch.undo()
+            sock = accepted[0]
+            trace.append(("lost", patched, sock._closed, sock.fileno(), sorted(calls)))
+        server.close()
+        await server.wait_closed()
+
+    trace = same(scenario)
+    assert ("lost", True, True, -1, ["TransportSocket.__init__", "close of the accepted socket",
+                                     "socket.__init__ with a fileno"]) in trace

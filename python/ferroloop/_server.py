@@ -10,15 +10,17 @@ the transport if it fails. Here that first step is a plain callback
 (`open_accepted`, same iteration, same context) and the wait is a done
 callback of the waiter, which runs in the iteration the task would have
 resumed in; a plain TCP or Unix transport has no waiter (it cannot fail),
-which saves the task, the future and an iteration per connection. With a
-task factory set, the factory is shown the task, as on the standard loop;
-debug mode, whose accept logs each connection, runs asyncio's method."""
+which saves the task, the future and an iteration per connection. For a
+plain TCP or Unix server, that callback is Rust's (accept.rs's
+`open_accepted`). With a task factory set, the factory is shown the task,
+as on the standard loop; debug mode, whose accept logs each connection,
+runs asyncio's method."""
 
 import functools
 
-from ._ferroloop import accept_connections
+from ._ferroloop import accept_and_open, accept_connections
 from ._sock import STANDARD  # the standard loop: the reference, and the fallback
-from ._stream import SocketTransport, make_socket_transport
+from ._stream import make_socket_transport
 
 # `_accept_connection2`'s keyword names for the timeouts passed on by
 # `_accept_connection` (the shutdown timeout exists from 3.11).
@@ -31,18 +33,24 @@ def accept_connection(self, protocol_factory, sock, sslcontext=None, server=None
     if self._debug:
         return STANDARD._accept_connection(self, protocol_factory, sock, sslcontext, server,
                                            backlog, *timeouts)
-    accepted, then = accept_connections(sock, backlog)
-    if self._task_factory is None:
-        for conn, addr in accepted:
-            self.call_soon(open_accepted, self, protocol_factory, conn, {'peername': addr},
-                           sslcontext, server, timeouts)
+    if (not sslcontext and self._task_factory is None
+            and type(self)._make_socket_transport is make_socket_transport):
+        # The common case: each connection's open_accepted is Rust's.
+        count, then = accept_and_open(self, protocol_factory, sock, server, backlog)
     else:
-        for conn, addr in accepted:
-            self.create_task(self._accept_connection2(
-                protocol_factory, conn, {'peername': addr}, sslcontext, server, *timeouts))
+        accepted, then = accept_connections(sock, backlog)
+        count = len(accepted)
+        if self._task_factory is None:
+            for conn, addr in accepted:
+                self.call_soon(open_accepted, self, protocol_factory, conn, {'peername': addr},
+                               sslcontext, server, timeouts)
+        else:
+            for conn, addr in accepted:
+                self.create_task(self._accept_connection2(
+                    protocol_factory, conn, {'peername': addr}, sslcontext, server, *timeouts))
     if then is True:
         STANDARD._accept_connection(self, protocol_factory, sock, sslcontext, server,
-                                    backlog - len(accepted), *timeouts)
+                                    backlog - count, *timeouts)
     elif then is not None:
         raise then
 
@@ -60,9 +68,6 @@ def open_accepted(loop, protocol_factory, conn, extra, sslcontext, server, timeo
                 server=server, **dict(zip(_TIMEOUT_NAMES, timeouts)))
             waiter.add_done_callback(
                 functools.partial(_close_unless_opened, loop, protocol, transport))
-        elif type(loop)._make_socket_transport is make_socket_transport:
-            # (conn is a plain socket.socket: accept_connections made it)
-            SocketTransport(loop, conn, protocol, None, extra, server)
         else:
             loop._make_socket_transport(conn, protocol, extra=extra, server=server)
     except (SystemExit, KeyboardInterrupt):

@@ -527,6 +527,12 @@ impl LoopCore {
     }
 }
 
+/// `loop.call_soon(callback, *args)` for Rust's own callbacks (the class's
+/// method, whatever a subclass defines: these are the loop's internals).
+pub(crate) fn call_soon(lp: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    scheduling::call_soon(lp, callback, args, None, false).map(drop)
+}
+
 /// `loop._add_reader(fd, callback)` / `_add_writer` for the Rust transports.
 pub(crate) fn watch_fd(lp: &Bound<'_, LoopCore>, fd: RawFd, writable: bool, callback: Bound<'_, PyAny>) -> PyResult<Py<Handle>> {
     let py = lp.py();

@@ -15,7 +15,7 @@ use pyo3::exceptions::{PyAttributeError, PyKeyboardInterrupt, PyOSError, PySyste
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyString, PyTuple};
 
 use crate::event_loop::{self, LoopCore};
 
@@ -95,9 +95,13 @@ pub fn must_propagate(py: Python<'_>, err: &PyErr) -> bool {
 
 impl<B: WriteQueue, X> Core<B, X> {
     pub fn new(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>, extra: X) -> PyResult<Self> {
-        let py = sock.py();
+        let fd: RawFd = sock.call_method0(pyo3::intern!(sock.py(), "fileno"))?.extract()?;
+        Self::with_fd(loop_, sock, fd, transport, extra)
+    }
+
+    /// `new` for a caller that has asked the socket for its fd already.
+    pub fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_, PyAny>, extra: X) -> PyResult<Self> {
         let loop_ = loop_.cast::<LoopCore>()?.clone();
-        let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
         Ok(Core {
             fd: AtomicI32::new(fd),
             state: Mutex::new(State {
@@ -185,7 +189,8 @@ impl<B: WriteQueue, X> Core<B, X> {
     pub fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let (Some(lp), Some(t)) = (self.event_loop(py), self.transport(py)) else { return Err(released_error("call_soon")) };
         let callback = t.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        lp.call_method1(pyo3::intern!(py, "call_soon"), (callback, exc)).map(drop)
+        let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
+        event_loop::call_soon(&lp, callback, PyTuple::new(py, [exc])?)
     }
 
     /// `transport._call_connection_lost(None)`, now (the queue drained after close()).
@@ -379,7 +384,7 @@ impl<B: WriteQueue, X> Core<B, X> {
         // Called again: asyncio's `self._sock.close()` meets None.
         let Some(transport) = transport.map(|t| t.into_bound(py)) else { return Err(released_error("close")) };
         let cleanup = (|| {
-            transport.getattr(pyo3::intern!(py, "_sock"))?.call_method0(pyo3::intern!(py, "close"))?;
+            crate::socket_object::close(&transport.getattr(pyo3::intern!(py, "_sock"))?)?;
             transport.setattr(pyo3::intern!(py, "_sock"), py.None())?;
             transport.setattr(pyo3::intern!(py, "_loop"), py.None())?;
             lost()?;

@@ -12,21 +12,53 @@ use pyo3::exceptions::PyOSError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use super::datagram::DatagramTransportCore;
 use super::stream::StreamTransportCore;
+use crate::event_loop::{self, LoopCore};
 use crate::sockaddr;
 
-/// `asyncio.trsock.TransportSocket` and `asyncio.futures._set_result_unless_cancelled`.
-static ASYNCIO_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+/// asyncio's names used here, taken when ferroloop is imported.
+struct AsyncioNames {
+    /// `asyncio.trsock.TransportSocket` and its `__init__`.
+    transport_socket: Py<PyType>,
+    transport_socket_init: Py<PyAny>,
+    /// `asyncio.futures._set_result_unless_cancelled`
+    set_result: Py<PyAny>,
+}
 
-fn asyncio_names(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
+static ASYNCIO_NAMES: PyOnceLock<AsyncioNames> = PyOnceLock::new();
+
+/// Take asyncio's names when ferroloop is imported (a test may replace
+/// `TransportSocket.__init__` for a while).
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    asyncio_names(py).map(drop)
+}
+
+fn asyncio_names(py: Python<'_>) -> PyResult<&AsyncioNames> {
     ASYNCIO_NAMES.get_or_try_init(py, || {
-        let transport_socket = py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind();
-        let set_result = py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind();
-        Ok((transport_socket, set_result))
+        let transport_socket = py.import("asyncio.trsock")?.getattr("TransportSocket")?.cast_into::<PyType>()?;
+        Ok::<_, PyErr>(AsyncioNames {
+            transport_socket_init: transport_socket.getattr("__init__")?.unbind(),
+            transport_socket: transport_socket.unbind(),
+            set_result: py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind(),
+        })
     })
+}
+
+/// `TransportSocket(sock)`; while its `__init__` is asyncio's, by that
+/// method's one step (`self._sock = sock`) without its frame.
+fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    let names = asyncio_names(py)?;
+    let type_ = names.transport_socket.bind(py);
+    if !type_.getattr(intern!(py, "__init__"))?.is(names.transport_socket_init.bind(py)) {
+        return type_.call1((sock,));
+    }
+    let wrapper = crate::pyhelpers::new_object(type_)?;
+    wrapper.setattr(intern!(py, "_sock"), sock)?;
+    Ok(wrapper)
 }
 
 /// `SocketTransport.__init__`: a TCP or Unix stream socket's transport.
@@ -35,7 +67,7 @@ fn asyncio_names(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
 pub fn open_stream_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
     let fd = init_selector_transport(transport, loop_, sock, extra)?;
-    let core = Bound::new(py, StreamTransportCore::new(loop_.clone(), sock.clone(), transport.clone(), protocol.clone())?)?;
+    let core = Bound::new(py, StreamTransportCore::with_fd(loop_, sock, fd, transport, protocol)?)?;
     bind_core(transport, loop_, core.as_any(), sock, fd)?;
     transport.setattr(intern!(py, "_server"), server)?;
     if !server.is_none() {
@@ -90,7 +122,7 @@ fn init_selector_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny
     // BaseTransport.__init__: the caller's dict itself, or a new one.
     let extra = if extra.is_none() { PyDict::new(py).into_any() } else { extra.clone() };
     transport.setattr(intern!(py, "_extra"), &extra)?;
-    extra.set_item(intern!(py, "socket"), asyncio_names(py)?.0.bind(py).call1((sock,))?)?;
+    extra.set_item(intern!(py, "socket"), transport_socket(sock)?)?;
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     extra.set_item(intern!(py, "sockname"), none_on_os_error(py, socket_name(sock, fd))?)?;
     if !extra.contains(intern!(py, "peername"))? {
@@ -164,11 +196,12 @@ fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_,
 /// `connection_made`, then reading, then the waiter, each in its own callback.
 fn start(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, core: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let call_soon = intern!(py, "call_soon");
-    loop_.call_method1(call_soon, (protocol.getattr(intern!(py, "connection_made"))?, transport))?;
-    loop_.call_method1(call_soon, (core.getattr(intern!(py, "_start_reading"))?,))?;
+    let loop_ = loop_.cast::<LoopCore>()?;
+    event_loop::call_soon(loop_, protocol.getattr(intern!(py, "connection_made"))?, PyTuple::new(py, [transport])?)?;
+    event_loop::call_soon(loop_, core.getattr(intern!(py, "_start_reading"))?, PyTuple::empty(py))?;
     if !waiter.is_none() {
-        loop_.call_method1(call_soon, (asyncio_names(py)?.1.bind(py), waiter, py.None()))?;
+        let set_result = asyncio_names(py)?.set_result.bind(py).clone();
+        event_loop::call_soon(loop_, set_result, PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?)?;
     }
     Ok(())
 }

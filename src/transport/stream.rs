@@ -14,6 +14,8 @@
 //! The fd is watched through the loop's own `_add_reader`/`_add_writer`
 //! handles, so callback order, contexts and debug mode are the loop's.
 
+use std::os::fd::RawFd;
+
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -288,16 +290,24 @@ fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
     Err(PyTypeError::new_err(format!("memoryview: a bytes-like object is required, not {type_name}")))
 }
 
+impl StreamTransportCore {
+    /// The core of a connected socket whose fd the caller has.
+    pub(crate) fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let this = StreamTransportCore { core: Core::with_fd(loop_, sock, fd, transport, StreamState::default())? };
+        this.set_protocol(protocol)?;
+        // As asyncio's transport: no Nagle delay on TCP.
+        socket_io::set_nodelay_if_tcp(sock, fd)?;
+        Ok(this)
+    }
+}
+
 super::base::transport_pymethods! {
     StreamTransportCore,
 
     #[new]
     pub(crate) fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
-        let this = StreamTransportCore { core: Core::new(&loop_, &sock, &transport, StreamState::default())? };
-        this.set_protocol(&protocol)?;
-        // As asyncio's transport: no Nagle delay on TCP.
-        socket_io::set_nodelay_if_tcp(&sock, this.core.fd())?;
-        Ok(this)
+        let fd: RawFd = sock.call_method0(pyo3::intern!(sock.py(), "fileno"))?.extract()?;
+        Self::with_fd(&loop_, &sock, fd, &transport, &protocol)
     }
 
     // ----- reading -----------------------------------------------------------

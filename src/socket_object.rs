@@ -1,0 +1,104 @@
+//! `socket.socket` objects made and closed without the Python frames of
+//! `socket.__init__` and `socket.close`, for the sockets of accepted
+//! connections: each frame cost more than a kilobyte of instructions per
+//! connection. What those methods do is done here through the C type
+//! `_socket.socket`, but only while `socket.socket`'s methods are still
+//! the socket module's own, as they were when ferroloop was imported (a
+//! test may replace them for a while); otherwise they are called.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyString, PyType};
+
+use crate::pyhelpers;
+
+/// `socket.socket`, its methods as the module defined them, and
+/// `_socket.socket`'s `__init__` and `close`.
+struct PlainSocket {
+    type_: Py<PyAny>,
+    init: Py<PyAny>,
+    close: Py<PyAny>,
+    real_close: Py<PyAny>,
+    c_init: Py<PyAny>,
+    c_close: Py<PyAny>,
+}
+
+static PLAIN_SOCKET: PyOnceLock<PlainSocket> = PyOnceLock::new();
+
+/// Take the socket module's methods when ferroloop is imported.
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    plain_socket(py).map(drop)
+}
+
+fn plain_socket(py: Python<'_>) -> PyResult<&PlainSocket> {
+    PLAIN_SOCKET.get_or_try_init(py, || {
+        let type_ = crate::sock_ops::socket_type(py)?.bind(py).clone();
+        let c_type = py.import("_socket")?.getattr("socket")?;
+        Ok::<_, PyErr>(PlainSocket {
+            init: type_.getattr("__init__")?.unbind(),
+            close: type_.getattr("close")?.unbind(),
+            real_close: type_.getattr("_real_close")?.unbind(),
+            c_init: c_type.getattr("__init__")?.unbind(),
+            c_close: c_type.getattr("close")?.unbind(),
+            type_: type_.unbind(),
+        })
+    })
+}
+
+/// Whether `type_.<name>` is still `original`.
+fn unchanged(type_: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, original: &Py<PyAny>) -> PyResult<bool> {
+    Ok(type_.getattr(name)?.is(original.bind(type_.py())))
+}
+
+/// A maker of `socket.socket(family, type, proto, fileno)` objects, for a
+/// batch of accepted connections (the check of `__init__` is made once).
+pub struct SocketMaker<'py> {
+    plain: &'py PlainSocket,
+    type_: Bound<'py, PyAny>,
+    direct: bool,
+}
+
+impl<'py> SocketMaker<'py> {
+    pub fn new(py: Python<'py>) -> PyResult<Self> {
+        let plain = plain_socket(py)?;
+        let type_ = plain.type_.bind(py).clone();
+        let direct = unchanged(&type_, intern!(py, "__init__"), &plain.init)?;
+        Ok(SocketMaker { plain, type_, direct })
+    }
+
+    /// `socket.socket(family, kind, proto, fd)`; by `socket.__init__`'s own
+    /// steps when it is the module's: `_socket.socket.__init__`, then
+    /// `_io_refs = 0` and `_closed = False`.
+    pub fn make(&self, family: i32, kind: i32, proto: i32, fd: i32) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.type_.py();
+        if !self.direct {
+            return self.type_.call1((family, kind, proto, fd));
+        }
+        let sock = pyhelpers::new_object(self.type_.cast::<PyType>()?)?;
+        self.plain.c_init.bind(py).call1((&sock, family, kind, proto, fd))?;
+        sock.setattr(intern!(py, "_io_refs"), 0)?;
+        sock.setattr(intern!(py, "_closed"), PyBool::new(py, false))?;
+        Ok(sock)
+    }
+}
+
+/// `sock.close()`; for a plain socket whose `close` and `_real_close` are
+/// the module's, by their steps: `_closed = True`, then, with no file
+/// objects left open on it (`_io_refs <= 0`), `_socket.socket.close`.
+pub fn close(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    let plain = plain_socket(py)?;
+    let type_ = sock.get_type();
+    let direct = type_.is(plain.type_.bind(py))
+        && unchanged(type_.as_any(), intern!(py, "close"), &plain.close)?
+        && unchanged(type_.as_any(), intern!(py, "_real_close"), &plain.real_close)?;
+    if !direct {
+        return sock.call_method0(intern!(py, "close")).map(drop);
+    }
+    sock.setattr(intern!(py, "_closed"), PyBool::new(py, true))?;
+    if sock.getattr(intern!(py, "_io_refs"))?.le(0)? {
+        plain.c_close.bind(py).call1((sock,))?;
+    }
+    Ok(())
+}
