@@ -70,6 +70,17 @@ fn host_string<'py>(py: Python<'py>, family: i32, address: *const libc::c_void) 
     Ok(PyString::new(py, &text.to_string_lossy()))
 }
 
+/// An address tuple (str and ints only, which hold no references) taken
+/// off the cycle collector's list, as its first collection would do: a
+/// connection's addresses then cost no collector time.
+fn untracked(address: Bound<'_, PyTuple>) -> Bound<'_, PyAny> {
+    // SAFETY: the tuple is a live GC object tracked since PyTuple_New; its
+    // items are a str and ints, which can be in no reference cycle, so
+    // untracking it is what CPython's `_PyTuple_MaybeUntrack` does.
+    unsafe { ffi::PyObject_GC_UnTrack(address.as_ptr().cast()) };
+    address.into_any()
+}
+
 /// The address as the socket module's `makesockaddr` returns it for these
 /// families: `(host, port)`, `(host, port, flowinfo, scope_id)`, or a Unix
 /// path (str, or bytes for Linux's abstract namespace).
@@ -83,7 +94,7 @@ pub fn python_address<'py>(py: Python<'py>, storage: &libc::sockaddr_storage, le
             // storage, which is large enough and suitably aligned for it.
             let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let host = PyString::new(py, ipv4_text(a.sin_addr.s_addr.to_ne_bytes(), &mut [0; 15]));
-            Ok(PyTuple::new(py, [host.into_any(), u16::from_be(a.sin_port).into_pyobject(py)?.into_any()])?.into_any())
+            Ok(untracked(PyTuple::new(py, [host.into_any(), u16::from_be(a.sin_port).into_pyobject(py)?.into_any()])?))
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for a sockaddr_in6.
@@ -92,7 +103,7 @@ pub fn python_address<'py>(py: Python<'py>, storage: &libc::sockaddr_storage, le
             let port = u16::from_be(a.sin6_port).into_pyobject(py)?.into_any();
             let flowinfo = u32::from_be(a.sin6_flowinfo).into_pyobject(py)?.into_any();
             let scope_id = a.sin6_scope_id.into_pyobject(py)?.into_any();
-            Ok(PyTuple::new(py, [host.into_any(), port, flowinfo, scope_id])?.into_any())
+            Ok(untracked(PyTuple::new(py, [host.into_any(), port, flowinfo, scope_id])?))
         }
         _ => {
             // AF_UNIX (the only other family callers pass).

@@ -382,3 +382,102 @@ def test_socket_methods_replaced_for_a_while(same, monkeypatch):
     trace = same(scenario)
     assert ("lost", True, True, -1, ["TransportSocket.__init__", "close of the accepted socket",
                                      "socket.__init__ with a fileno"]) in trace
+
+
+def test_server_closed_while_connections_wait_to_open(same):
+    """Connections accepted in one batch whose protocol factory closes the
+    server: each transport's `Server._attach` then fails (the server has no
+    sockets), as on asyncio. What the clients see, the server's count of
+    connections, what the collector finds and reports, and `wait_closed`."""
+    import gc
+    import sys
+    import warnings
+
+    async def scenario(loop, trace):
+        unraisable = []
+        server = None
+
+        def factory():
+            server.close()
+            return asyncio.Protocol()
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        clients = [socket.create_connection(address) for _ in range(2)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for _ in range(3):
+                    gc.collect()
+        finally:
+            sys.unraisablehook = old_hook
+        trace.append(("warnings", sorted(str(w.message).split(" ")[0] for w in caught)))
+        trace.append(("unraisable", [type(u.exc_value).__name__ for u in unraisable]))
+        count = getattr(server, "_active_count", None)
+        clients_left = len(getattr(server, "_clients", ()) or ())
+        trace.append(("server count", count, clients_left))
+        for c in clients:
+            c.settimeout(5)
+            trace.append(("client reads", c.recv(10)))
+            c.close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1)
+            trace.append("wait_closed returned")
+        except asyncio.TimeoutError:
+            trace.append("wait_closed still waiting")
+    same(scenario)
+
+
+def test_connection_collected_unclosed_leaves_its_server(factories):
+    """A server-side transport collected unclosed (its protocol dropped it,
+    and it was not reading) warns, closes its socket and leaves its server, so `wait_closed`
+    returns: as asyncio 3.13 does, and as 3.10 and 3.11 end (their
+    `wait_closed` does not wait for connections). asyncio 3.12's `__del__`
+    does not leave the server, whose `wait_closed` then waits forever;
+    ferroloop does not reproduce that hang."""
+    import gc
+    import sys
+    import warnings
+    from conftest import run_on
+
+    async def scenario(loop, trace):
+        made = loop.create_future()
+
+        class Forgetful(asyncio.Protocol):
+            def connection_made(self, transport):
+                # Not reading, the loop holds no reference to it either.
+                # (Once reading: 3.10 starts reading after connection_made
+                # even when it paused.)
+                loop.call_soon(transport.pause_reading)
+                loop.call_soon(made.set_result, None)
+
+        server = await loop.create_server(Forgetful, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        await made
+        for _ in range(3):  # (asyncio's accept task lets go of it)
+            await asyncio.sleep(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                gc.collect()
+        trace.append(("warnings", sorted(str(w.message).split(" ")[0] for w in caught)))
+        client.settimeout(5)
+        trace.append(("client reads", client.recv(10)))
+        client.close()
+        server.close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1)
+            trace.append("wait_closed returned")
+        except asyncio.TimeoutError:
+            trace.append("wait_closed still waiting")
+
+    got = run_on(factories["ferroloop"], scenario)
+    expected = run_on(factories["asyncio"], scenario)
+    assert got[-1] == "wait_closed returned"
+    if sys.version_info[:2] == (3, 12):
+        assert expected[-1] == "wait_closed still waiting"
+        expected[-1] = got[-1]
+    assert got == expected

@@ -68,13 +68,30 @@ pub fn open_stream_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyA
     let py = transport.py();
     let fd = init_selector_transport(transport, loop_, sock, extra)?;
     let core = Bound::new(py, StreamTransportCore::with_fd(loop_, sock, fd, transport, protocol)?)?;
-    bind_core(transport, loop_, core.as_any(), sock, fd)?;
-    transport.setattr(intern!(py, "_server"), server)?;
-    if !server.is_none() {
-        call_server(server, intern!(py, "_attach"), transport)?;
-    }
+    bind_core(transport, core.as_any(), sock)?;
+    attach_server(transport, server)?;
+    register(transport, loop_, fd)?;
     // As asyncio: connection_made first, then reading, then the waiter.
     start(transport, loop_, protocol, core.as_any(), waiter)
+}
+
+/// `self._server = server; server._attach()`, which fails on a closed
+/// server. From 3.13 a transport's `__del__` detaches it from its server,
+/// and `_server` is set first, as asyncio sets it. Before 3.13 asyncio's
+/// `__del__` never detaches (a server whose transport was collected
+/// unclosed would wait for it forever); ferroloop's does, so `_server` is
+/// set only once attached, or `__del__` would take a connection off the
+/// server's count that was never on it.
+fn attach_server(transport: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let attach = || if server.is_none() { Ok(()) } else { call_server(server, intern!(py, "_attach"), transport) };
+    if server_tracks_clients(py) {
+        transport.setattr(intern!(py, "_server"), server)?;
+        attach()
+    } else {
+        attach()?;
+        transport.setattr(intern!(py, "_server"), server)
+    }
 }
 
 /// The transport leaves its server (`_call_connection_lost`, `__del__`).
@@ -92,12 +109,16 @@ pub fn detach_server(transport: &Bound<'_, PyAny>) -> PyResult<()> {
 /// `server._attach()` or `_detach()`; from 3.13 the Server tracks its
 /// clients and is passed the transport.
 fn call_server(server: &Bound<'_, PyAny>, method: &Bound<'_, PyString>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    static SERVER_TRACKS_CLIENTS: OnceLock<bool> = OnceLock::new();
-    if *SERVER_TRACKS_CLIENTS.get_or_init(|| server.py().version_info() >= (3, 13)) {
+    if server_tracks_clients(server.py()) {
         server.call_method1(method, (transport,)).map(drop)
     } else {
         server.call_method0(method).map(drop)
     }
+}
+
+fn server_tracks_clients(py: Python<'_>) -> bool {
+    static SERVER_TRACKS_CLIENTS: OnceLock<bool> = OnceLock::new();
+    *SERVER_TRACKS_CLIENTS.get_or_init(|| py.version_info() >= (3, 13))
 }
 
 /// `DatagramTransport.__init__`: a UDP or Unix datagram socket's transport.
@@ -111,7 +132,8 @@ pub fn open_datagram_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, P
     let address = (!address.is_none()).then(|| address.clone().unbind());
     let core = DatagramTransportCore::new(loop_.clone(), sock.clone(), transport.clone(), protocol.clone(), address, connected, header_bytes, send_empty)?;
     let core = Bound::new(py, core)?;
-    bind_core(transport, loop_, core.as_any(), sock, fd)?;
+    bind_core(transport, core.as_any(), sock)?;
+    register(transport, loop_, fd)?;
     start(transport, loop_, protocol, core.as_any(), waiter)
 }
 
@@ -153,12 +175,18 @@ fn none_on_os_error<'py>(py: Python<'py>, result: PyResult<Bound<'py, PyAny>>) -
     }
 }
 
-/// The transport's core and socket, and `loop._transports[fd] = transport`
-/// (which add_reader and the sock_* methods check, as on the standard loop).
-fn bind_core(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, core: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+/// The transport's core and socket.
+fn bind_core(transport: &Bound<'_, PyAny>, core: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
     transport.setattr(intern!(py, "_core"), core)?;
-    transport.setattr(intern!(py, "_sock"), sock)?;
+    transport.setattr(intern!(py, "_sock"), sock)
+}
+
+/// `loop._transports[fd] = transport` (which add_reader and the sock_*
+/// methods check, as on the standard loop), the last step of asyncio's
+/// `_SelectorTransport.__init__`.
+fn register(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    let py = transport.py();
     let registry = loop_.getattr(intern!(py, "_transports"))?;
     if !register_weakly(&registry, fd, transport)? {
         registry.set_item(fd, transport)?;
