@@ -3,7 +3,7 @@
 deterministic companion to servers.py's CPU times, for changes of a few
 percent that timing on a noisy machine cannot resolve.
 
-    python bench/instructions.py [--cases http-close,http,tls] [--loops ferroloop,uvloop,asyncio]
+    python bench/instructions.py [--cases http-close,http,tls,proto,stream,sock] [--loops ferroloop,uvloop,asyncio]
 
 Each (case, loop) starts `servers.py --serve` under callgrind, warms up,
 zeroes the counters, sends --messages messages from a plain blocking client
@@ -13,7 +13,10 @@ percent; the kernel's share (system calls, TCP) is not counted. Cases:
 
 - http-close: one HTTP/1.1 request per connection (`Connection: close`);
 - http:       HTTP/1.1 keep-alive requests on one connection;
-- tls:        1 KiB echo round trips on one TLS connection.
+- tls:        1 KiB echo round trips on one TLS connection;
+- proto, stream, sock: 1 KiB echo round trips on one TCP connection, to a
+  Protocol, a streams (StreamReader/StreamWriter) and a sock_recv/sock_sendall
+  server.
 
 Needs valgrind (Debian: `apt-get install valgrind`); callgrind runs the
 server about 50 times slower, so a case takes seconds, not minutes.
@@ -81,9 +84,21 @@ def tls_echo(address, n, size=1024):
                 got += len(s.recv(65536))
 
 
+def tcp_echo(address, n, size=1024):
+    with socket.create_connection(address) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = b"x" * size
+        for _ in range(n):
+            s.sendall(message)
+            got = 0
+            while got < size:
+                got += len(s.recv(65536))
+
+
 # case -> (servers.py kind, client)
 CASES = {"http-close": ("http-close", http_close), "http": ("http", http_keep_alive),
-         "tls": ("tls", tls_echo)}
+         "tls": ("tls", tls_echo), "proto": ("proto", tcp_echo), "stream": ("stream", tcp_echo),
+         "sock": ("sock", tcp_echo)}
 
 
 def count(python, case, loop, messages, workdir, cert):
@@ -119,7 +134,7 @@ def count(python, case, loop, messages, workdir, cert):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", default="http-close,http,tls")
+    ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--loops", default="ferroloop,uvloop,asyncio")
     ap.add_argument("--messages", type=int, default=1000, help="messages counted per case (default 1000)")
     ap.add_argument("--python", default=sys.executable)

@@ -12,9 +12,10 @@ use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyList, PyTuple, PyType};
 
 use crate::event_loop::{self, LoopCore};
+use crate::pyhelpers;
 use crate::sockaddr;
 use crate::socket_object::SocketMaker;
 use crate::transport::base::must_propagate;
@@ -67,7 +68,7 @@ enum Stop {
 pub fn accept_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyAny>)> {
     let py = sock.py();
     let accepted = PyList::empty(py);
-    let stop = take_connections(sock, backlog, |conn, addr| accepted.append(PyTuple::new(py, [conn, addr])?))?;
+    let stop = take_connections(sock, backlog, |conn, addr, _| accepted.append(PyTuple::new(py, [conn, addr])?))?;
     Ok((accepted, stop.into_then(py)))
 }
 
@@ -81,8 +82,10 @@ pub fn accept_and_open<'py>(loop_: &Bound<'py, PyAny>, protocol_factory: &Bound<
     let core = loop_.cast::<LoopCore>()?;
     let open = OPEN_ACCEPTED.get_or_try_init(py, || Ok::<_, PyErr>(wrap_pyfunction!(open_accepted, py)?.into_any().unbind()))?;
     let mut count = 0;
-    let stop = take_connections(sock, backlog, |conn, addr| {
-        let args = PyTuple::new(py, [loop_.clone(), protocol_factory.clone(), conn, addr, server.clone()])?;
+    let stop = take_connections(sock, backlog, |conn, addr, kind| {
+        // (whether it is TCP, for TCP_NODELAY: the listener's kind is its)
+        let tcp = PyBool::new(py, kind.is_tcp()).to_owned().into_any();
+        let args = PyTuple::new(py, [loop_.clone(), protocol_factory.clone(), conn, addr, server.clone(), tcp])?;
         event_loop::call_soon(core, open.bind(py).clone(), args)?;
         count += 1;
         Ok(())
@@ -92,30 +95,28 @@ pub fn accept_and_open<'py>(loop_: &Bound<'py, PyAny>, protocol_factory: &Bound<
 
 static OPEN_ACCEPTED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// `ferroloop._stream.SocketTransport`, `object.__new__` and
-/// `ferroloop._server._report_failure`.
-static SERVER_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+/// `ferroloop._stream.SocketTransport` and `ferroloop._server._report_failure`.
+static SERVER_NAMES: PyOnceLock<(Py<PyType>, Py<PyAny>)> = PyOnceLock::new();
 
 /// One accepted connection's protocol and transport: the task body of
 /// asyncio's `_accept_connection2`, with its error handling (a failure is
 /// reported in debug mode only), as `_server.open_accepted` does it. The
 /// transport's Python `__init__` is skipped: it only calls what this calls.
 #[pyfunction]
-fn open_accepted(loop_: &Bound<'_, PyAny>, protocol_factory: &Bound<'_, PyAny>, conn: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
+fn open_accepted(loop_: &Bound<'_, PyAny>, protocol_factory: &Bound<'_, PyAny>, conn: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>, tcp: bool) -> PyResult<()> {
     let py = loop_.py();
-    let (transport_type, object_new, report_failure) = SERVER_NAMES.get_or_try_init(py, || {
-        let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
-        let transport_type = py.import("ferroloop._stream")?.getattr("SocketTransport")?.unbind();
-        Ok::<_, PyErr>((transport_type, object_new, py.import("ferroloop._server")?.getattr("_report_failure")?.unbind()))
+    let (transport_type, report_failure) = SERVER_NAMES.get_or_try_init(py, || {
+        let transport_type = py.import("ferroloop._stream")?.getattr("SocketTransport")?.cast_into::<PyType>()?.unbind();
+        Ok::<_, PyErr>((transport_type, py.import("ferroloop._server")?.getattr("_report_failure")?.unbind()))
     })?;
     let mut protocol = None;
     let result = (|| {
         let made = protocol_factory.call0()?;
-        let transport = object_new.bind(py).call1((transport_type.bind(py),))?;
+        let transport = pyhelpers::new_object(transport_type.bind(py))?;
         let extra = PyDict::new(py);
         extra.set_item(pyo3::intern!(py, "peername"), addr)?;
         let none = py.None().into_bound(py);
-        opening::open_stream_transport(&transport, loop_, conn, protocol.insert(made), &none, extra.as_any(), server)
+        opening::open_stream(&transport, loop_, conn, Some(tcp), protocol.insert(made), &none, extra.as_any(), server)
     })();
     match result {
         Err(e) if !must_propagate(py, &e) => {
@@ -137,14 +138,15 @@ impl Stop {
 }
 
 /// The batch of [`accept_connections`]: `taken(conn, addr)` for each.
-fn take_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>, mut taken: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>) -> PyResult<()>) -> PyResult<Stop> {
+fn take_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>, mut taken: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>, &SocketKind) -> PyResult<()>) -> PyResult<Stop> {
     let py = sock.py();
     let socket_type = crate::sock_ops::socket_type(py)?.bind(py);
     let Ok(backlog) = backlog.extract::<isize>() else { return Ok(Stop::HandOver) };
     if !sock.get_type().is(socket_type) {
         return Ok(Stop::HandOver);
     }
-    let SocketKind { family, kind, proto } = socket_io::socket_kind(sock)?;
+    let listener = socket_io::socket_kind(sock)?;
+    let SocketKind { family, kind, proto } = listener;
     if !sockaddr::FAMILIES.contains(&family) {
         return Ok(Stop::HandOver);
     }
@@ -168,7 +170,7 @@ fn take_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>, 
             }
         };
         match sockaddr::python_address(py, &storage, len) {
-            Ok(addr) => taken(conn, addr)?,
+            Ok(addr) => taken(conn, addr, &listener)?,
             Err(e) => {
                 conn.call_method0(pyo3::intern!(py, "close"))?;
                 return Ok(Stop::Raise(e));

@@ -173,14 +173,22 @@ pub fn descriptor_get<'py>(descriptor: &Bound<'py, PyAny>, obj: &Bound<'py, PyAn
 /// `object`'s and `_socket.socket`'s); `Type.__new__(Type)` in Python
 /// would first check that the call is safe, for several times the cost.
 pub fn new_object<'py>(type_: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
-    let py = type_.py();
-    let type_ptr = type_.as_ptr().cast::<ffi::PyTypeObject>();
-    // SAFETY: `type_` is a live type object (a `PyType`), whose full
+    new_object_as(type_, type_, &PyTuple::empty(type_.py()))
+}
+
+/// `base.__new__(subtype, *args)` by `base`'s slot: for a subtype whose own
+/// `__new__` is Python code that only calls this one (weakref's KeyedRef).
+pub fn new_object_as<'py>(base: &Bound<'py, PyType>, subtype: &Bound<'py, PyType>, args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+    let py = base.py();
+    if !subtype.is_subclass(base)? {
+        return Err(pyo3::exceptions::PyTypeError::new_err("new_object_as: not a subtype"));
+    }
+    let base_ptr = base.as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: `base` is a live type object (a `PyType`), whose full
     // struct is readable: this module is not built for the limited API.
-    let Some(tp_new) = (unsafe { (*type_ptr).tp_new }) else { return type_.call0() };
-    let args = PyTuple::empty(py);
-    // SAFETY: tp_new's contract: the type (a subtype of the slot's owner,
-    // here the type itself), an argument tuple and NULL keywords, all
-    // borrowed; it returns a new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, tp_new(type_ptr, args.as_ptr(), std::ptr::null_mut())) }
+    let Some(tp_new) = (unsafe { (*base_ptr).tp_new }) else { return base.call_method1("__new__", (subtype,)) };
+    // SAFETY: tp_new's contract: a subtype of the slot's owner (checked
+    // above), an argument tuple and NULL keywords, all borrowed; it returns
+    // a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, tp_new(subtype.as_ptr().cast(), args.as_ptr(), std::ptr::null_mut())) }
 }

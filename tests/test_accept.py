@@ -401,6 +401,7 @@ def test_server_closed_while_connections_wait_to_open(same):
             server.close()
             return asyncio.Protocol()
 
+        gc.collect()  # (what earlier tests left is not this test's)
         server = await loop.create_server(factory, "127.0.0.1", 0)
         address = server.sockets[0].getsockname()
         clients = [socket.create_connection(address) for _ in range(2)]
@@ -454,6 +455,7 @@ def test_connection_collected_unclosed_leaves_its_server(factories):
                 loop.call_soon(transport.pause_reading)
                 loop.call_soon(made.set_result, None)
 
+        gc.collect()  # (what earlier tests left is not this test's)
         server = await loop.create_server(Forgetful, "127.0.0.1", 0)
         client = socket.create_connection(server.sockets[0].getsockname())
         await made

@@ -65,9 +65,16 @@ fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 pub fn open_stream_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
+    open_stream(transport, loop_, sock, None, protocol, waiter, extra, server)
+}
+
+/// [`open_stream_transport`] (`known_tcp`: whether the socket is TCP, when
+/// the caller made it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn open_stream(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, known_tcp: Option<bool>, protocol: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
     let fd = init_selector_transport(transport, loop_, sock, extra)?;
-    let core = Bound::new(py, StreamTransportCore::with_fd(loop_, sock, fd, transport, protocol)?)?;
+    let core = Bound::new(py, StreamTransportCore::with_fd(loop_, sock, fd, known_tcp, transport, protocol)?)?;
     bind_core(transport, core.as_any(), sock)?;
     attach_server(transport, server)?;
     register(transport, loop_, fd)?;
@@ -194,8 +201,8 @@ fn register(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, fd: RawFd) -
     Ok(())
 }
 
-/// `weakref.WeakValueDictionary`, `weakref.KeyedRef` and `weakref.ref.__new__`.
-static WEAKREF_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+/// `weakref.WeakValueDictionary`, `weakref.KeyedRef` and `weakref.ref`.
+static WEAKREF_NAMES: PyOnceLock<(Py<PyAny>, Py<PyType>, Py<PyType>)> = PyOnceLock::new();
 
 /// `registry[fd] = transport` for the loop's `WeakValueDictionary`, as its
 /// `__setitem__` does it (`data[key] = KeyedRef(value, self._remove, key)`)
@@ -204,18 +211,19 @@ static WEAKREF_NAMES: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock
 /// removals pending), which then takes the dictionary's own method.
 fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = registry.py();
-    let (dict_type, keyed_ref, ref_new) = WEAKREF_NAMES.get_or_try_init(py, || {
+    let (dict_type, keyed_ref, weak_ref) = WEAKREF_NAMES.get_or_try_init(py, || {
         let weakref = py.import("weakref")?;
-        let keyed_ref = weakref.getattr("KeyedRef")?;
-        let ref_new = weakref.getattr("ref")?.getattr("__new__")?;
-        Ok::<_, PyErr>((weakref.getattr("WeakValueDictionary")?.unbind(), keyed_ref.unbind(), ref_new.unbind()))
+        let keyed_ref = weakref.getattr("KeyedRef")?.cast_into::<PyType>()?;
+        let weak_ref = weakref.getattr("ref")?.cast_into::<PyType>()?;
+        Ok::<_, PyErr>((weakref.getattr("WeakValueDictionary")?.unbind(), keyed_ref.unbind(), weak_ref.unbind()))
     })?;
     if !registry.get_type().is(dict_type.bind(py)) || registry.getattr(intern!(py, "_pending_removals"))?.is_truthy()? {
         return Ok(false);
     }
     // KeyedRef.__new__: `ref.__new__(type, ob, callback)`, then `.key`
     // (its __init__ only checks the same arguments again).
-    let entry = ref_new.bind(py).call1((keyed_ref.bind(py), transport, registry.getattr(intern!(py, "_remove"))?))?;
+    let args = PyTuple::new(py, [transport.clone(), registry.getattr(intern!(py, "_remove"))?])?;
+    let entry = crate::pyhelpers::new_object_as(weak_ref.bind(py), keyed_ref.bind(py), &args)?;
     entry.setattr(intern!(py, "key"), fd)?;
     registry.getattr(intern!(py, "data"))?.set_item(fd, entry)?;
     Ok(true)

@@ -55,6 +55,14 @@ pub struct SocketKind {
     pub proto: i32,
 }
 
+impl SocketKind {
+    /// A TCP socket as asyncio's `_set_nodelay` tells one: `proto`
+    /// IPPROTO_TCP exactly (a socket made with proto 0 is left alone).
+    pub fn is_tcp(&self) -> bool {
+        (self.family == libc::AF_INET || self.family == libc::AF_INET6) && self.kind == libc::SOCK_STREAM && self.proto == libc::IPPROTO_TCP
+    }
+}
+
 /// The C-level `family` and `type` members of `_socket.socket`: the
 /// `socket.socket` properties wrap them in enums, which costs more than a
 /// whole accept.
@@ -71,11 +79,13 @@ pub fn socket_kind(sock: &Bound<'_, PyAny>) -> PyResult<SocketKind> {
 }
 
 /// asyncio's `base_events._set_nodelay`: TCP_NODELAY on a TCP socket
-/// (`proto` IPPROTO_TCP exactly: a socket made with proto 0 is left alone,
-/// as asyncio leaves it).
-pub fn set_nodelay_if_tcp(sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
-    let SocketKind { family, kind, proto } = socket_kind(sock)?;
-    if (family == libc::AF_INET || family == libc::AF_INET6) && kind == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP {
+/// (`known_tcp`: whether it is one, when the caller made it).
+pub fn set_nodelay_if_tcp(sock: &Bound<'_, PyAny>, fd: RawFd, known_tcp: Option<bool>) -> PyResult<()> {
+    let is_tcp = match known_tcp {
+        Some(tcp) => tcp,
+        None => socket_kind(sock)?.is_tcp(),
+    };
+    if is_tcp {
         with_socket(fd, |s| s.set_tcp_nodelay(true)).map_err(os_error)?;
     }
     Ok(())

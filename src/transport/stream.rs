@@ -292,11 +292,12 @@ fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
 
 impl StreamTransportCore {
     /// The core of a connected socket whose fd the caller has.
-    pub(crate) fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+    /// (`known_tcp`: whether the socket is TCP, when the caller made it.)
+    pub(crate) fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, known_tcp: Option<bool>, transport: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
         let this = StreamTransportCore { core: Core::with_fd(loop_, sock, fd, transport, StreamState::default())? };
         this.set_protocol(protocol)?;
         // As asyncio's transport: no Nagle delay on TCP.
-        socket_io::set_nodelay_if_tcp(sock, fd)?;
+        socket_io::set_nodelay_if_tcp(sock, fd, known_tcp)?;
         Ok(this)
     }
 }
@@ -307,7 +308,7 @@ super::base::transport_pymethods! {
     #[new]
     pub(crate) fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0(pyo3::intern!(sock.py(), "fileno"))?.extract()?;
-        Self::with_fd(&loop_, &sock, fd, &transport, &protocol)
+        Self::with_fd(&loop_, &sock, fd, None, &transport, &protocol)
     }
 
     // ----- reading -----------------------------------------------------------
