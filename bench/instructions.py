@@ -70,29 +70,27 @@ def http_keep_alive(address, n):
             buf = _read_response(s, buf)
 
 
+def _echo_round_trips(s, n, size):
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    message = b"x" * size
+    for _ in range(n):
+        s.sendall(message)
+        got = 0
+        while got < size:
+            got += len(s.recv(65536))
+
+
 def tls_echo(address, n, size=1024):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     with context.wrap_socket(socket.create_connection(address)) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        message = b"x" * size
-        for _ in range(n):
-            s.sendall(message)
-            got = 0
-            while got < size:
-                got += len(s.recv(65536))
+        _echo_round_trips(s, n, size)
 
 
 def tcp_echo(address, n, size=1024):
     with socket.create_connection(address) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        message = b"x" * size
-        for _ in range(n):
-            s.sendall(message)
-            got = 0
-            while got < size:
-                got += len(s.recv(65536))
+        _echo_round_trips(s, n, size)
 
 
 # case -> (servers.py kind, client)

@@ -384,6 +384,25 @@ def test_socket_methods_replaced_for_a_while(same, monkeypatch):
                                      "socket.__init__ with a fileno"]) in trace
 
 
+def _collect_garbage(trace):
+    """Collect; trace the warnings it gave (their first words)."""
+    import gc
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            gc.collect()
+    trace.append(("warnings", sorted(str(w.message).split(" ")[0] for w in caught)))
+
+
+async def _trace_wait_closed(server, trace):
+    try:
+        await asyncio.wait_for(server.wait_closed(), 1)
+        trace.append("wait_closed returned")
+    except asyncio.TimeoutError:
+        trace.append("wait_closed still waiting")
+
+
 def test_server_closed_while_connections_wait_to_open(same):
     """Connections accepted in one batch whose protocol factory closes the
     server: each transport's `Server._attach` then fails (the server has no
@@ -391,7 +410,6 @@ def test_server_closed_while_connections_wait_to_open(same):
     connections, what the collector finds and reports, and `wait_closed`."""
     import gc
     import sys
-    import warnings
 
     async def scenario(loop, trace):
         unraisable = []
@@ -409,13 +427,9 @@ def test_server_closed_while_connections_wait_to_open(same):
             await asyncio.sleep(0)
         old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                for _ in range(3):
-                    gc.collect()
+            _collect_garbage(trace)
         finally:
             sys.unraisablehook = old_hook
-        trace.append(("warnings", sorted(str(w.message).split(" ")[0] for w in caught)))
         trace.append(("unraisable", [type(u.exc_value).__name__ for u in unraisable]))
         count = getattr(server, "_active_count", None)
         clients_left = len(getattr(server, "_clients", ()) or ())
@@ -424,24 +438,19 @@ def test_server_closed_while_connections_wait_to_open(same):
             c.settimeout(5)
             trace.append(("client reads", c.recv(10)))
             c.close()
-        try:
-            await asyncio.wait_for(server.wait_closed(), 1)
-            trace.append("wait_closed returned")
-        except asyncio.TimeoutError:
-            trace.append("wait_closed still waiting")
+        await _trace_wait_closed(server, trace)
     same(scenario)
 
 
 def test_connection_collected_unclosed_leaves_its_server(factories):
     """A server-side transport collected unclosed (its protocol dropped it,
-    and it was not reading) warns, closes its socket and leaves its server, so `wait_closed`
-    returns: as asyncio 3.13 does, and as 3.10 and 3.11 end (their
+    and it was not reading) warns, closes its socket and leaves its server,
+    so `wait_closed` returns: as asyncio 3.13 does, and as 3.10 and 3.11 end (their
     `wait_closed` does not wait for connections). asyncio 3.12's `__del__`
     does not leave the server, whose `wait_closed` then waits forever;
     ferroloop does not reproduce that hang."""
     import gc
     import sys
-    import warnings
     from conftest import run_on
 
     async def scenario(loop, trace):
@@ -461,20 +470,12 @@ def test_connection_collected_unclosed_leaves_its_server(factories):
         await made
         for _ in range(3):  # (asyncio's accept task lets go of it)
             await asyncio.sleep(0)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                gc.collect()
-        trace.append(("warnings", sorted(str(w.message).split(" ")[0] for w in caught)))
+        _collect_garbage(trace)
         client.settimeout(5)
         trace.append(("client reads", client.recv(10)))
         client.close()
         server.close()
-        try:
-            await asyncio.wait_for(server.wait_closed(), 1)
-            trace.append("wait_closed returned")
-        except asyncio.TimeoutError:
-            trace.append("wait_closed still waiting")
+        await _trace_wait_closed(server, trace)
 
     got = run_on(factories["ferroloop"], scenario)
     expected = run_on(factories["asyncio"], scenario)

@@ -96,16 +96,21 @@ async def _close(tr, client, server, srv):
     await srv.wait_closed()
 
 
+async def _echo(tr, client, trace, sizes):
+    """Send a payload of each size; trace whether the echo came back whole."""
+    for size in sizes:
+        payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        client.data.clear()
+        tr.write(payload)
+        while len(client.data) < size:
+            await asyncio.sleep(0.001)
+        trace.append(("echoed", size, bytes(client.data) == payload))
+
+
 def test_echo_order_data_and_extra_info(same):
     async def scenario(loop, trace):
         srv, tr, client, server = await _pair(loop, trace, server_hostname="")
-        for size in (1, 1000, 16384, 16385, 100_000, 1_000_000):
-            payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-            client.data.clear()
-            tr.write(payload)
-            while len(client.data) < size:
-                await asyncio.sleep(0.001)
-            trace.append(("echoed", size, bytes(client.data) == payload))
+        await _echo(tr, client, trace, (1, 1000, 16384, 16385, 100_000, 1_000_000))
         sslobj = tr.get_extra_info("ssl_object")
         trace.append(("extra", type(sslobj).__name__, tr.get_extra_info("cipher")[1],
                       tr.get_extra_info("peercert"), tr.get_extra_info("compression"),
@@ -785,13 +790,7 @@ def test_ssl_object_standing_in_for_the_c_object(same):
         sctx = server_context()
         sctx.sslobject_class = RecordingSSLObject
         srv, tr, client, server = await _pair(loop, trace, sctx=sctx, server_hostname="")
-        for size in (1, 20_000, 300_000):
-            payload = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
-            client.data.clear()
-            tr.write(payload)
-            while len(client.data) < size:
-                await asyncio.sleep(0.001)
-            trace.append(("echoed", size, bytes(client.data) == payload))
+        await _echo(tr, client, trace, (1, 20_000, 300_000))
         await _close(tr, client, server, srv)
         trace.append(("used", sorted(used)))
 
