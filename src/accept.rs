@@ -131,13 +131,14 @@ impl Stop {
     fn into_then(self, py: Python<'_>) -> Bound<'_, PyAny> {
         match self {
             Stop::Done => py.None().into_bound(py),
-            Stop::HandOver => pyo3::types::PyBool::new(py, true).to_owned().into_any(),
+            Stop::HandOver => PyBool::new(py, true).to_owned().into_any(),
             Stop::Raise(e) => e.into_value(py).into_bound(py).into_any(),
         }
     }
 }
 
-/// The batch of [`accept_connections`]: `taken(conn, addr)` for each.
+/// The batch of [`accept_connections`]: `taken(conn, addr, kind)` for
+/// each (`kind`: the listener's, which the connection's socket shares).
 fn take_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>, mut taken: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>, &SocketKind) -> PyResult<()>) -> PyResult<Stop> {
     let py = sock.py();
     let socket_type = crate::sock_ops::socket_type(py)?.bind(py);

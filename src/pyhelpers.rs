@@ -186,7 +186,9 @@ pub fn new_object_as<'py>(base: &Bound<'py, PyType>, subtype: &Bound<'py, PyType
     let base_ptr = base.as_ptr().cast::<ffi::PyTypeObject>();
     // SAFETY: `base` is a live type object (a `PyType`), whose full
     // struct is readable: this module is not built for the limited API.
-    let Some(tp_new) = (unsafe { (*base_ptr).tp_new }) else { return base.call_method1("__new__", (subtype,)) };
+    let Some(tp_new) = (unsafe { (*base_ptr).tp_new }) else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!("cannot create '{}' instances", base.name()?)));
+    };
     // SAFETY: tp_new's contract: a subtype of the slot's owner (checked
     // above), an argument tuple and NULL keywords, all borrowed; it returns
     // a new reference or NULL with an exception set.

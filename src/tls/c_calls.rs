@@ -2,9 +2,10 @@
 //! and `write`, `ssl.MemoryBIO.read`, `write` and `pending`), called by
 //! their type's own descriptors when the object is exactly that type. A
 //! lookup by name (the type's attribute cache, then the instance) cost
-//! more than some of these calls; for an object of another type (an
-//! `SSLObject` standing in for its `_ssl` object, a subclass) the lookup
-//! by name is kept, so what is called never differs.
+//! more than some of these calls; for an object of another type (neither
+//! type can be subclassed, but a test's mock or an `SSLObject` whose
+//! `_sslobj` is a wrapper can stand in) the lookup by name is kept, so
+//! what is called never differs.
 
 use pyo3::intern;
 use pyo3::prelude::*;

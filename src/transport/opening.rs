@@ -220,8 +220,8 @@ fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_,
     if !registry.get_type().is(dict_type.bind(py)) || registry.getattr(intern!(py, "_pending_removals"))?.is_truthy()? {
         return Ok(false);
     }
-    // KeyedRef.__new__: `ref.__new__(type, ob, callback)`, then `.key`
-    // (its __init__ only checks the same arguments again).
+    // KeyedRef.__new__: `ref.__new__(type, ob, callback)` (here by ref's
+    // slot), then `.key` (its __init__ only checks the same arguments again).
     let args = PyTuple::new(py, [transport.clone(), registry.getattr(intern!(py, "_remove"))?])?;
     let entry = crate::pyhelpers::new_object_as(weak_ref.bind(py), keyed_ref.bind(py), &args)?;
     entry.setattr(intern!(py, "key"), fd)?;
