@@ -103,6 +103,17 @@ pub struct StreamTransportCore {
 }
 
 impl StreamTransportCore {
+    /// The core of a connected socket whose fd the caller has (made only by
+    /// `opening::open_stream`, as `SocketTransport.__init__` does).
+    /// (`known_tcp`: whether the socket is TCP, when the caller made it.)
+    pub(crate) fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, known_tcp: Option<bool>, transport: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let this = StreamTransportCore { core: Core::with_fd(loop_, sock, fd, transport, StreamState::default())? };
+        this.set_protocol(protocol)?;
+        // As asyncio's transport: no Nagle delay on TCP.
+        socket_io::set_nodelay_if_tcp(sock, fd, known_tcp)?;
+        Ok(this)
+    }
+
     /// Once the connection is lost: sendfile's wait for an empty buffer
     /// fails (asyncio's `_call_connection_lost` does this).
     fn connection_lost_done(&self, py: Python<'_>) -> PyResult<()> {
@@ -290,26 +301,8 @@ fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
     Err(PyTypeError::new_err(format!("memoryview: a bytes-like object is required, not {type_name}")))
 }
 
-impl StreamTransportCore {
-    /// The core of a connected socket whose fd the caller has.
-    /// (`known_tcp`: whether the socket is TCP, when the caller made it.)
-    pub(crate) fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, known_tcp: Option<bool>, transport: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let this = StreamTransportCore { core: Core::with_fd(loop_, sock, fd, transport, StreamState::default())? };
-        this.set_protocol(protocol)?;
-        // As asyncio's transport: no Nagle delay on TCP.
-        socket_io::set_nodelay_if_tcp(sock, fd, known_tcp)?;
-        Ok(this)
-    }
-}
-
 super::base::transport_pymethods! {
     StreamTransportCore,
-
-    #[new]
-    pub(crate) fn new(loop_: Bound<'_, PyAny>, sock: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>) -> PyResult<Self> {
-        let fd: RawFd = sock.call_method0(pyo3::intern!(sock.py(), "fileno"))?.extract()?;
-        Self::with_fd(&loop_, &sock, fd, None, &transport, &protocol)
-    }
 
     // ----- reading -----------------------------------------------------------
 
