@@ -46,11 +46,12 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sock_ops::init(m.py())?;
     socket_object::init(m.py())?;
     transport::opening::init(m.py())?;
+    transport::server_link::init(m.py())?;
     m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
     m.add_function(wrap_pyfunction!(accept::accept_and_open, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;
-    m.add_function(wrap_pyfunction!(transport::opening::detach_server, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::server_link::detach_server, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;

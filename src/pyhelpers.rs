@@ -2,6 +2,8 @@
 //! for the cold paths that are asyncio formatting and logging, plus small
 //! FFI wrappers the hot paths share.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -168,6 +170,21 @@ pub fn descriptor_get<'py>(descriptor: &Bound<'py, PyAny>, obj: &Bound<'py, PyAn
     unsafe { Bound::from_owned_ptr_or_err(py, get(descriptor.as_ptr(), obj.as_ptr(), ffi::Py_TYPE(obj.as_ptr()).cast())) }
 }
 
+/// `descriptor.__set__(obj, value)` through the type's slot, as attribute
+/// assignment calls it (for a slot of `__slots__`: a store at its offset).
+pub fn descriptor_set(descriptor: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = obj.py();
+    // SAFETY: as in descriptor_get.
+    let set = unsafe { (*ffi::Py_TYPE(descriptor.as_ptr())).tp_descr_set };
+    let Some(set) = set else { return descriptor.call_method1(pyo3::intern!(py, "__set__"), (obj, value)).map(drop) };
+    // SAFETY: tp_descr_set takes borrowed (descriptor, obj, value) and
+    // returns 0, or -1 with an exception set.
+    if unsafe { set(descriptor.as_ptr(), obj.as_ptr(), value.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(())
+}
+
 /// `type_.__new__(type_)` by the type's slot, as `type_()` starts (then
 /// calls `__init__`), for a type whose `__new__` takes no arguments (as
 /// `object`'s and `_socket.socket`'s); `Type.__new__(Type)` in Python
@@ -193,4 +210,38 @@ pub fn new_object_as<'py>(base: &Bound<'py, PyType>, subtype: &Bound<'py, PyType
     // above), an argument tuple and NULL keywords, all borrowed; it returns
     // a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, tp_new(subtype.as_ptr().cast(), args.as_ptr(), std::ptr::null_mut())) }
+}
+
+/// Remembers that a check of a type's attributes held (say, that a method
+/// is still the one captured at import), until the type changes. CPython
+/// gives a type a new version tag whenever it or a base class changes (an
+/// attribute set or deleted, `__bases__` assigned) and never gives a tag
+/// out twice; its own attribute caches rely on the same. So the check is
+/// made again only when the tag differs from the one it last held at.
+pub struct CheckedType(AtomicU32);
+
+impl CheckedType {
+    pub const fn new() -> Self {
+        CheckedType(AtomicU32::new(0))
+    }
+
+    /// `check()`'s answer for `type_`, asked only when `type_` is not the
+    /// type, at the same version, it last answered true for.
+    pub fn holds(&self, type_: &Bound<'_, PyType>, check: impl FnOnce() -> PyResult<bool>) -> PyResult<bool> {
+        let tag = version_tag(type_);
+        if tag != 0 && tag == self.0.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let holds = check()?;
+        // (read again: the check's lookups give a type without one a tag)
+        self.0.store(if holds { version_tag(type_) } else { 0 }, Ordering::Relaxed);
+        Ok(holds)
+    }
+}
+
+/// The type's version tag; 0 while it has none.
+fn version_tag(type_: &Bound<'_, PyType>) -> u32 {
+    // SAFETY: reading a field of a live type object; not built for the
+    // limited API, so the type struct is the full one.
+    unsafe { (*type_.as_type_ptr()).tp_version_tag }
 }

@@ -5,6 +5,7 @@
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::RawFd;
+use std::sync::{Mutex, PoisonError};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -44,6 +45,25 @@ fn ipv4_text(octets: [u8; 4], text: &mut [u8; 15]) -> &str {
     }
     // (ASCII digits and dots only)
     std::str::from_utf8(&text[..len]).unwrap_or_default()
+}
+
+/// The `str` of an IPv4 host, kept for the hosts seen last: a server sees
+/// the same few again and again (its own address, its clients'), and a
+/// new `str` cost several hundred instructions, twice per connection.
+fn ipv4_host<'py>(py: Python<'py>, octets: [u8; 4]) -> Bound<'py, PyString> {
+    /// Hosts by the low bits of their last octet.
+    static HOSTS: Mutex<[Option<([u8; 4], Py<PyString>)>; 8]> = Mutex::new([const { None }; 8]);
+    let slot = usize::from(octets[3]) % 8;
+    let hosts = || HOSTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((seen, host)) = &hosts()[slot] {
+        if *seen == octets {
+            return host.bind(py).clone();
+        }
+    }
+    let host = PyString::new(py, ipv4_text(octets, &mut [0; 15]));
+    let replaced = hosts()[slot].replace((octets, host.clone().unbind()));
+    drop(replaced); // (with the lock released)
+    host
 }
 
 // The C library's own formatting of host addresses (the `libc` crate does
@@ -93,7 +113,7 @@ pub fn python_address<'py>(py: Python<'py>, storage: &libc::sockaddr_storage, le
             // SAFETY: the kernel wrote a sockaddr_in (ss_family says so) into
             // storage, which is large enough and suitably aligned for it.
             let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let host = PyString::new(py, ipv4_text(a.sin_addr.s_addr.to_ne_bytes(), &mut [0; 15]));
+            let host = ipv4_host(py, a.sin_addr.s_addr.to_ne_bytes());
             Ok(untracked(PyTuple::new(py, [host.into_any(), u16::from_be(a.sin_port).into_pyobject(py)?.into_any()])?))
         }
         libc::AF_INET6 => {

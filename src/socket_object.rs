@@ -6,22 +6,27 @@
 //! the socket module's own, as they were when ferroloop was imported (a
 //! test may replace them for a while); otherwise they are called.
 
+use std::os::fd::RawFd;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString, PyType};
 
-use crate::pyhelpers;
+use crate::pyhelpers::{self, CheckedType};
+use crate::transport::socket_io::os_error;
 
-/// `socket.socket`, its methods as the module defined them, and
-/// `_socket.socket`'s `__init__` and `close`.
+/// `socket.socket`, its methods as the module defined them and its slots
+/// `_io_refs` and `_closed`; `_socket.socket`'s `__init__` and `detach`.
 struct PlainSocket {
     type_: Py<PyAny>,
     init: Py<PyAny>,
     close: Py<PyAny>,
     real_close: Py<PyAny>,
+    io_refs: Py<PyAny>,
+    closed: Py<PyAny>,
     c_init: Py<PyAny>,
-    c_close: Py<PyAny>,
+    c_detach: Py<PyAny>,
 }
 
 static PLAIN_SOCKET: PyOnceLock<PlainSocket> = PyOnceLock::new();
@@ -35,16 +40,24 @@ fn plain_socket(py: Python<'_>) -> PyResult<&PlainSocket> {
     PLAIN_SOCKET.get_or_try_init(py, || {
         let type_ = crate::sock_ops::socket_type(py)?.bind(py).clone();
         let c_type = py.import("_socket")?.getattr("socket")?;
+        let slots = type_.getattr("__dict__")?;
         Ok::<_, PyErr>(PlainSocket {
             init: type_.getattr("__init__")?.unbind(),
             close: type_.getattr("close")?.unbind(),
             real_close: type_.getattr("_real_close")?.unbind(),
+            io_refs: slots.get_item("_io_refs")?.unbind(),
+            closed: slots.get_item("_closed")?.unbind(),
             c_init: c_type.getattr("__init__")?.unbind(),
-            c_close: c_type.getattr("close")?.unbind(),
+            c_detach: c_type.getattr("detach")?.unbind(),
             type_: type_.unbind(),
         })
     })
 }
+
+/// Whether `socket.socket.__init__`, and `close` and `_real_close`, are
+/// still the module's own (asked again only once the class changed).
+static INIT_UNCHANGED: CheckedType = CheckedType::new();
+static CLOSE_UNCHANGED: CheckedType = CheckedType::new();
 
 /// Whether `type_.<name>` is still `original`.
 fn unchanged(type_: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, original: &Py<PyAny>) -> PyResult<bool> {
@@ -63,7 +76,7 @@ impl<'py> SocketMaker<'py> {
     pub fn new(py: Python<'py>) -> PyResult<Self> {
         let plain = plain_socket(py)?;
         let type_ = plain.type_.bind(py).clone();
-        let direct = unchanged(&type_, intern!(py, "__init__"), &plain.init)?;
+        let direct = INIT_UNCHANGED.holds(type_.cast()?, || unchanged(&type_, intern!(py, "__init__"), &plain.init))?;
         Ok(SocketMaker { plain, type_, direct })
     }
 
@@ -77,28 +90,55 @@ impl<'py> SocketMaker<'py> {
         }
         let sock = pyhelpers::new_object(self.type_.cast::<PyType>()?)?;
         self.plain.c_init.bind(py).call1((&sock, family, kind, proto, fd))?;
-        sock.setattr(intern!(py, "_io_refs"), 0)?;
-        sock.setattr(intern!(py, "_closed"), PyBool::new(py, false))?;
+        pyhelpers::descriptor_set(self.plain.io_refs.bind(py), &sock, 0i32.into_pyobject(py)?.as_any())?;
+        pyhelpers::descriptor_set(self.plain.closed.bind(py), &sock, &PyBool::new(py, false))?;
         Ok(sock)
     }
 }
 
 /// `sock.close()`; for a plain socket whose `close` and `_real_close` are
 /// the module's, by their steps: `_closed = True`, then, with no file
-/// objects left open on it (`_io_refs <= 0`), `_socket.socket.close`.
+/// objects left open on it (`_io_refs <= 0`), `_socket.socket.close`
+/// ([`close_fd`]).
 pub fn close(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = sock.py();
     let plain = plain_socket(py)?;
     let type_ = sock.get_type();
     let direct = type_.is(plain.type_.bind(py))
-        && unchanged(type_.as_any(), intern!(py, "close"), &plain.close)?
-        && unchanged(type_.as_any(), intern!(py, "_real_close"), &plain.real_close)?;
+        && CLOSE_UNCHANGED.holds(&type_, || {
+            Ok(unchanged(type_.as_any(), intern!(py, "close"), &plain.close)?
+                && unchanged(type_.as_any(), intern!(py, "_real_close"), &plain.real_close)?)
+        })?;
     if !direct {
         return sock.call_method0(intern!(py, "close")).map(drop);
     }
-    sock.setattr(intern!(py, "_closed"), PyBool::new(py, true))?;
-    if sock.getattr(intern!(py, "_io_refs"))?.le(0)? {
-        plain.c_close.bind(py).call1((sock,))?;
+    pyhelpers::descriptor_set(plain.closed.bind(py), sock, &PyBool::new(py, true))?;
+    let io_refs = pyhelpers::descriptor_get(plain.io_refs.bind(py), sock)?;
+    let unused = match io_refs.extract::<i64>() {
+        Ok(n) => n <= 0,
+        Err(_) => io_refs.le(0)?,
+    };
+    if unused {
+        close_fd(plain, sock)?;
+    }
+    Ok(())
+}
+
+/// `_socket.socket.close(sock)`: the object gives up its fd (`detach`),
+/// which is closed, an ECONNRESET ignored. The C method releases the GIL
+/// around close(2), which blocks only when the program set a lingering
+/// close; ferroloop keeps the GIL outside its poll.
+fn close_fd(plain: &PlainSocket, sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let fd: RawFd = plain.c_detach.bind(sock.py()).call1((sock,))?.extract()?;
+    if fd < 0 {
+        return Ok(()); // (closed already)
+    }
+    // SAFETY: `detach` handed the fd over; no object refers to it any more.
+    if unsafe { libc::close(fd) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ECONNRESET) {
+            return Err(os_error(e));
+        }
     }
     Ok(())
 }

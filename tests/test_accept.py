@@ -484,3 +484,116 @@ def test_connection_collected_unclosed_leaves_its_server(factories):
         assert expected[-1] == "wait_closed still waiting"
         expected[-1] = got[-1]
     assert got == expected
+
+
+def test_peer_hosts_of_several_clients(same):
+    """Peer addresses from several IPv4 hosts, some of which differ only
+    above the bits ferroloop keeps their text by (127.0.0.1 and .9): each
+    connection's peername and sockname are its own."""
+    hosts = ["127.0.0.1", "127.0.0.9", "127.0.0.2", "127.0.0.1", "127.0.0.17", "127.0.0.9"]
+
+    async def scenario(loop, trace):
+        made = asyncio.Queue()
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.put_nowait(transport)
+
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        clients = []
+        for host in hosts:
+            client = socket.create_connection(address, source_address=(host, 0))
+            clients.append(client)
+            transport = await made.get()
+            peer = transport.get_extra_info("peername")
+            trace.append((peer[0], peer == client.getsockname(),
+                          transport.get_extra_info("sockname") == client.getpeername()))
+            transport.close()
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+
+    trace = same(scenario)
+    assert [t[0] for t in trace] == hosts
+
+
+def test_server_methods_replaced_for_a_while(same, monkeypatch):
+    """A connection joins its server by `Server._attach` and leaves by
+    `_detach`: replaced by a test, each replacement is called as on
+    asyncio (ferroloop does their steps itself only while they are
+    asyncio's own), and the server's count is the same."""
+    from asyncio import base_events
+    attach, detach = base_events.Server._attach, base_events.Server._detach
+
+    async def scenario(loop, trace):
+        calls = []
+
+        def attach_(self, *args):
+            calls.append("attach")
+            attach(self, *args)
+
+        def detach_(self, *args):
+            calls.append("detach")
+            detach(self, *args)
+
+        lost = None
+
+        class Proto(asyncio.Protocol):
+            def connection_lost(self, exc):
+                lost.set_result(None)
+
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        for patched in (False, True, False):
+            calls.clear()
+            lost = loop.create_future()
+            if patched:
+                monkeypatch.setattr(base_events.Server, "_attach", attach_)
+                monkeypatch.setattr(base_events.Server, "_detach", detach_)
+            client = socket.create_connection(address)
+            client.close()
+            await lost
+            monkeypatch.undo()
+            trace.append((patched, calls[:], getattr(server, "_active_count", None),
+                          len(getattr(server, "_clients", ()) or ())))
+        server.close()
+        await _trace_wait_closed(server, trace)
+
+    trace = same(scenario)
+    assert (True, ["attach", "detach"], trace[0][2], trace[0][3]) in trace
+
+
+def test_each_loop_registers_its_own_transports(same):
+    """Two loops making connections in turn: each transport is in its own
+    loop's `_transports` (which add_reader and sock_* check), never in the
+    other's."""
+    def scenario(loop, trace):
+        other = type(loop)()
+        opened = []
+
+        async def connect(lp):
+            made = lp.create_future()
+            server = await lp.create_server(lambda: Made(made), "127.0.0.1", 0)
+            client = socket.create_connection(server.sockets[0].getsockname())
+            opened.append((lp, server, client, await made))
+
+        try:
+            for lp in (loop, other, loop, other, loop):
+                lp.run_until_complete(connect(lp))
+            for lp, server, client, transport in opened:
+                fd = transport.get_extra_info("socket").fileno()
+                elsewhere = other if lp is loop else loop
+                trace.append((lp is loop, lp._transports.get(fd) is transport,
+                              elsewhere._transports.get(fd) is transport))
+            for lp, server, client, transport in opened:
+                transport.close()
+                client.close()
+                server.close()
+                lp.run_until_complete(server.wait_closed())
+        finally:
+            other.close()
+
+    trace = same(scenario)
+    assert all(mine and not theirs for _, mine, theirs in trace)

@@ -389,7 +389,7 @@ impl<B: WriteQueue, X> Core<B, X> {
             transport.setattr(pyo3::intern!(py, "_loop"), py.None())?;
             lost()?;
             self.release();
-            super::opening::detach_server(&transport)
+            super::server_link::detach_server(&transport)
         })();
         cleanup.and(called)
     }

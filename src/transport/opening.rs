@@ -1,22 +1,23 @@
 //! What the socket transports' `__init__` do, in one call into Rust: the
 //! extra info and attributes asyncio's `_SelectorTransport.__init__` sets,
-//! the core, the loop's registration of the fd, the server's count and the
-//! first callbacks; and leaving the server at the end. A server makes one
+//! the core, the loop's registration of the fd, the server's count
+//! (`server_link`) and the first callbacks. A server makes one
 //! transport per connection: as Python frames, these steps were about a
 //! tenth of the instructions a short HTTP connection costs the server.
 
 use std::os::fd::RawFd;
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::datagram::DatagramTransportCore;
 use super::stream::StreamTransportCore;
 use crate::event_loop::{self, LoopCore};
+use crate::pyhelpers::CheckedType;
 use crate::sockaddr;
 
 /// asyncio's names used here, taken when ferroloop is imported.
@@ -53,7 +54,8 @@ fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
     let py = sock.py();
     let names = asyncio_names(py)?;
     let type_ = names.transport_socket.bind(py);
-    if !type_.getattr(intern!(py, "__init__"))?.is(names.transport_socket_init.bind(py)) {
+    static INIT_UNCHANGED: CheckedType = CheckedType::new();
+    if !INIT_UNCHANGED.holds(type_, || Ok(type_.getattr(intern!(py, "__init__"))?.is(names.transport_socket_init.bind(py))))? {
         return type_.call1((sock,));
     }
     let wrapper = crate::pyhelpers::new_object(type_)?;
@@ -76,56 +78,10 @@ pub(crate) fn open_stream(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>
     let fd = init_selector_transport(transport, loop_, sock, extra)?;
     let core = Bound::new(py, StreamTransportCore::with_fd(loop_, sock, fd, known_tcp, transport, protocol)?)?;
     bind_core(transport, core.as_any(), sock)?;
-    attach_server(transport, server)?;
+    super::server_link::attach_server(transport, server)?;
     register(transport, loop_, fd)?;
     // As asyncio: connection_made first, then reading, then the waiter.
     start(transport, loop_, protocol, core.as_any(), waiter)
-}
-
-/// `self._server = server; server._attach()`, which fails on a closed
-/// server. From 3.13 a transport's `__del__` detaches it from its server,
-/// and `_server` is set first, as asyncio sets it. Before 3.13 asyncio's
-/// `__del__` never detaches (a server whose transport was collected
-/// unclosed would wait for it forever); ferroloop's does, so `_server` is
-/// set only once attached, or `__del__` would take a connection off the
-/// server's count that was never on it.
-fn attach_server(transport: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = transport.py();
-    let attach = || if server.is_none() { Ok(()) } else { call_server(server, intern!(py, "_attach"), transport) };
-    if server_tracks_clients(py) {
-        transport.setattr(intern!(py, "_server"), server)?;
-        attach()
-    } else {
-        attach()?;
-        transport.setattr(intern!(py, "_server"), server)
-    }
-}
-
-/// The transport leaves its server (`_call_connection_lost`, `__del__`).
-#[pyfunction]
-pub fn detach_server(transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = transport.py();
-    let server = transport.getattr(intern!(py, "_server"))?;
-    if server.is_none() {
-        return Ok(());
-    }
-    transport.setattr(intern!(py, "_server"), py.None())?;
-    call_server(&server, intern!(py, "_detach"), transport)
-}
-
-/// `server._attach()` or `_detach()`; from 3.13 the Server tracks its
-/// clients and is passed the transport.
-fn call_server(server: &Bound<'_, PyAny>, method: &Bound<'_, PyString>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    if server_tracks_clients(server.py()) {
-        server.call_method1(method, (transport,)).map(drop)
-    } else {
-        server.call_method0(method).map(drop)
-    }
-}
-
-fn server_tracks_clients(py: Python<'_>) -> bool {
-    static SERVER_TRACKS_CLIENTS: OnceLock<bool> = OnceLock::new();
-    *SERVER_TRACKS_CLIENTS.get_or_init(|| py.version_info() >= (3, 13))
 }
 
 /// `DatagramTransport.__init__`: a UDP or Unix datagram socket's transport.
@@ -201,8 +157,57 @@ fn register(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, fd: RawFd) -
     Ok(())
 }
 
-/// `weakref.WeakValueDictionary`, `weakref.KeyedRef` and `weakref.ref`.
-static WEAKREF_NAMES: PyOnceLock<(Py<PyAny>, Py<PyType>, Py<PyType>)> = PyOnceLock::new();
+/// `weakref.WeakValueDictionary`, `weakref.KeyedRef` (and its slot `key`)
+/// and `weakref.ref`.
+struct WeakrefNames {
+    dict_type: Py<PyAny>,
+    keyed_ref: Py<PyType>,
+    key: Py<PyAny>,
+    weak_ref: Py<PyType>,
+}
+
+static WEAKREF_NAMES: PyOnceLock<WeakrefNames> = PyOnceLock::new();
+
+/// What `register_weakly` uses of a registry, which `WeakValueDictionary`
+/// sets once in `__init__`: `data`, `_remove` and `_pending_removals`.
+/// Those of the last registry are kept (with it, so that its address is
+/// not reused): a loop registers every transport in the same one.
+struct RegistryParts {
+    registry: Py<PyAny>,
+    data: Py<PyDict>,
+    remove: Py<PyAny>,
+    pending_removals: Py<PyAny>,
+}
+
+static LAST_REGISTRY: Mutex<Option<RegistryParts>> = Mutex::new(None);
+
+impl RegistryParts {
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        RegistryParts {
+            registry: self.registry.clone_ref(py),
+            data: self.data.clone_ref(py),
+            remove: self.remove.clone_ref(py),
+            pending_removals: self.pending_removals.clone_ref(py),
+        }
+    }
+}
+
+fn registry_parts(registry: &Bound<'_, PyAny>) -> PyResult<RegistryParts> {
+    let py = registry.py();
+    let last = || LAST_REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(parts) = last().as_ref().filter(|parts| parts.registry.is(registry)) {
+        return Ok(parts.clone_ref(py));
+    }
+    let parts = RegistryParts {
+        registry: registry.clone().unbind(),
+        data: registry.getattr(intern!(py, "data"))?.cast_into::<PyDict>()?.unbind(),
+        remove: registry.getattr(intern!(py, "_remove"))?.unbind(),
+        pending_removals: registry.getattr(intern!(py, "_pending_removals"))?.unbind(),
+    };
+    let replaced = last().replace(parts.clone_ref(py));
+    drop(replaced); // (with the lock released)
+    Ok(parts)
+}
 
 /// `registry[fd] = transport` for the loop's `WeakValueDictionary`, as its
 /// `__setitem__` does it (`data[key] = KeyedRef(value, self._remove, key)`)
@@ -211,21 +216,30 @@ static WEAKREF_NAMES: PyOnceLock<(Py<PyAny>, Py<PyType>, Py<PyType>)> = PyOnceLo
 /// removals pending), which then takes the dictionary's own method.
 fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = registry.py();
-    let (dict_type, keyed_ref, weak_ref) = WEAKREF_NAMES.get_or_try_init(py, || {
+    let names = WEAKREF_NAMES.get_or_try_init(py, || {
         let weakref = py.import("weakref")?;
         let keyed_ref = weakref.getattr("KeyedRef")?.cast_into::<PyType>()?;
-        let weak_ref = weakref.getattr("ref")?.cast_into::<PyType>()?;
-        Ok::<_, PyErr>((weakref.getattr("WeakValueDictionary")?.unbind(), keyed_ref.unbind(), weak_ref.unbind()))
+        Ok::<_, PyErr>(WeakrefNames {
+            dict_type: weakref.getattr("WeakValueDictionary")?.unbind(),
+            key: keyed_ref.getattr("__dict__")?.get_item("key")?.unbind(),
+            keyed_ref: keyed_ref.unbind(),
+            weak_ref: weakref.getattr("ref")?.cast_into::<PyType>()?.unbind(),
+        })
     })?;
-    if !registry.get_type().is(dict_type.bind(py)) || registry.getattr(intern!(py, "_pending_removals"))?.is_truthy()? {
+    if !registry.get_type().is(names.dict_type.bind(py)) {
+        return Ok(false);
+    }
+    let parts = registry_parts(registry)?;
+    if parts.pending_removals.bind(py).is_truthy()? {
         return Ok(false);
     }
     // KeyedRef.__new__: `ref.__new__(type, ob, callback)` (here by ref's
     // slot), then `.key` (its __init__ only checks the same arguments again).
-    let args = PyTuple::new(py, [transport.clone(), registry.getattr(intern!(py, "_remove"))?])?;
-    let entry = crate::pyhelpers::new_object_as(weak_ref.bind(py), keyed_ref.bind(py), &args)?;
-    entry.setattr(intern!(py, "key"), fd)?;
-    registry.getattr(intern!(py, "data"))?.set_item(fd, entry)?;
+    let args = PyTuple::new(py, [transport.clone(), parts.remove.into_bound(py)])?;
+    let entry = crate::pyhelpers::new_object_as(names.weak_ref.bind(py), names.keyed_ref.bind(py), &args)?;
+    let fd = fd.into_pyobject(py)?;
+    crate::pyhelpers::descriptor_set(names.key.bind(py), &entry, fd.as_any())?;
+    parts.data.bind(py).set_item(fd, entry)?;
     Ok(true)
 }
 

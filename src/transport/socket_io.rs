@@ -63,19 +63,20 @@ impl SocketKind {
     }
 }
 
-/// The C-level `family` and `type` members of `_socket.socket`: the
-/// `socket.socket` properties wrap them in enums, which costs more than a
-/// whole accept.
-static KIND_MEMBERS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+/// The C-level `family`, `type` and `proto` members of `_socket.socket`:
+/// the `socket.socket` properties wrap the first two in enums, which costs
+/// more than a whole accept.
+static KIND_MEMBERS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
 
 pub fn socket_kind(sock: &Bound<'_, PyAny>) -> PyResult<SocketKind> {
     let py = sock.py();
-    let (family, kind) = KIND_MEMBERS.get_or_try_init(py, || {
+    let [family, kind, proto] = KIND_MEMBERS.get_or_try_init(py, || {
         let members = py.import("_socket")?.getattr("socket")?.getattr("__dict__")?;
-        Ok::<_, PyErr>((members.get_item("family")?.unbind(), members.get_item("type")?.unbind()))
+        let member = |name| members.get_item(name).map(Bound::unbind);
+        Ok::<_, PyErr>([member("family")?, member("type")?, member("proto")?])
     })?;
     let get = |member: &Py<PyAny>| pyhelpers::descriptor_get(member.bind(py), sock)?.extract::<i32>();
-    Ok(SocketKind { family: get(family)?, kind: get(kind)?, proto: sock.getattr(pyo3::intern!(py, "proto"))?.extract()? })
+    Ok(SocketKind { family: get(family)?, kind: get(kind)?, proto: get(proto)? })
 }
 
 /// asyncio's `base_events._set_nodelay`: TCP_NODELAY on a TCP socket

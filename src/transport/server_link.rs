@@ -1,0 +1,180 @@
+//! A server-side transport's place in its `asyncio.Server`'s count of
+//! connections, which `wait_closed` (and from 3.13 `close_clients`) rely
+//! on: `Server._attach` when the transport is made, `_detach` when its
+//! connection is lost. For asyncio's own `Server` with its own methods,
+//! their steps are done here without their Python frames (two per
+//! connection); a subclass or a replaced method is called.
+
+use std::sync::OnceLock;
+
+use pyo3::exceptions::PyAssertionError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyInt, PyString, PyType};
+
+use crate::pyhelpers::CheckedType;
+
+/// `asyncio.base_events.Server` and its methods, taken when ferroloop is
+/// imported (a test may replace them for a while).
+struct AsyncioServer {
+    type_: Py<PyType>,
+    attach: Py<PyAny>,
+    detach: Py<PyAny>,
+    /// Whether asyncio's `assert` statements run (not under `python -O`).
+    asserts: bool,
+}
+
+static ASYNCIO_SERVER: PyOnceLock<AsyncioServer> = PyOnceLock::new();
+static METHODS_UNCHANGED: CheckedType = CheckedType::new();
+
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    asyncio_server(py).map(drop)
+}
+
+fn asyncio_server(py: Python<'_>) -> PyResult<&AsyncioServer> {
+    ASYNCIO_SERVER.get_or_try_init(py, || {
+        let type_ = py.import("asyncio.base_events")?.getattr("Server")?.cast_into::<PyType>()?;
+        let optimize: i64 = py.import("sys")?.getattr("flags")?.getattr("optimize")?.extract()?;
+        Ok::<_, PyErr>(AsyncioServer {
+            attach: type_.getattr("_attach")?.unbind(),
+            detach: type_.getattr("_detach")?.unbind(),
+            type_: type_.unbind(),
+            asserts: optimize == 0,
+        })
+    })
+}
+
+/// The server's `AsyncioServer`, if it is asyncio's `Server` with its own
+/// `_attach` and `_detach`.
+fn plain<'py>(server: &Bound<'py, PyAny>) -> PyResult<Option<&'py AsyncioServer>> {
+    let py = server.py();
+    let asyncio = asyncio_server(py)?;
+    let type_ = server.get_type();
+    let plain = type_.is(asyncio.type_.bind(py))
+        && METHODS_UNCHANGED.holds(&type_, || {
+            Ok(type_.getattr(intern!(py, "_attach"))?.is(asyncio.attach.bind(py))
+                && type_.getattr(intern!(py, "_detach"))?.is(asyncio.detach.bind(py)))
+        })?;
+    Ok(plain.then_some(asyncio))
+}
+
+/// `self._server = server; server._attach()`, which fails on a closed
+/// server. From 3.13 a transport's `__del__` detaches it from its server,
+/// and `_server` is set first, as asyncio sets it. Before 3.13 asyncio's
+/// `__del__` never detaches (a server whose transport was collected
+/// unclosed would wait for it forever); ferroloop's does, so `_server` is
+/// set only once attached, or `__del__` would take a connection off the
+/// server's count that was never on it.
+pub fn attach_server(transport: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let attach = || if server.is_none() { Ok(()) } else { attach(server, transport) };
+    if tracks_clients(py) {
+        transport.setattr(intern!(py, "_server"), server)?;
+        attach()
+    } else {
+        attach()?;
+        transport.setattr(intern!(py, "_server"), server)
+    }
+}
+
+/// The transport leaves its server (`_call_connection_lost`, `__del__`).
+#[pyfunction]
+pub fn detach_server(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let server = transport.getattr(intern!(py, "_server"))?;
+    if server.is_none() {
+        return Ok(());
+    }
+    transport.setattr(intern!(py, "_server"), py.None())?;
+    detach(&server, transport)
+}
+
+/// `server._attach()` (from 3.13 `server._attach(transport)`):
+/// `assert self._sockets is not None`, then one more connection.
+fn attach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    let Some(asyncio) = plain(server)? else { return call(server, intern!(py, "_attach"), transport) };
+    if asyncio.asserts && server.getattr(intern!(py, "_sockets"))?.is_none() {
+        return Err(PyAssertionError::new_err(()));
+    }
+    if tracks_clients(py) {
+        server.getattr(intern!(py, "_clients"))?.call_method1(intern!(py, "add"), (transport,))?;
+    } else {
+        let count = server.getattr(intern!(py, "_active_count"))?;
+        server.setattr(intern!(py, "_active_count"), Count::of(&count).add(1)?)?;
+    }
+    Ok(())
+}
+
+/// `server._detach()` (from 3.13 `server._detach(transport)`): one
+/// connection less, and the waiters of `wait_closed` woken when that was
+/// the last of a closed server's.
+fn detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    let Some(asyncio) = plain(server)? else { return call(server, intern!(py, "_detach"), transport) };
+    let none_left = if tracks_clients(py) {
+        let clients = server.getattr(intern!(py, "_clients"))?;
+        clients.call_method1(intern!(py, "discard"), (transport,))?;
+        clients.len()? == 0
+    } else {
+        let count = server.getattr(intern!(py, "_active_count"))?;
+        let count = Count::of(&count);
+        if asyncio.asserts && !count.is_positive()? {
+            return Err(PyAssertionError::new_err(()));
+        }
+        let left = count.add(-1)?;
+        server.setattr(intern!(py, "_active_count"), &left)?;
+        Count::of(&left).is_zero()?
+    };
+    if none_left && server.getattr(intern!(py, "_sockets"))?.is_none() {
+        server.call_method0(intern!(py, "_wakeup"))?;
+    }
+    Ok(())
+}
+
+/// `Server._active_count`: an int, worked on in Rust while it fits.
+struct Count<'a, 'py> {
+    object: &'a Bound<'py, PyAny>,
+    value: Option<i64>,
+}
+
+impl<'a, 'py> Count<'a, 'py> {
+    fn of(object: &'a Bound<'py, PyAny>) -> Self {
+        let value = if object.is_exact_instance_of::<PyInt>() { object.extract().ok() } else { None };
+        Count { object, value }
+    }
+
+    /// `count + delta`
+    fn add(&self, delta: i64) -> PyResult<Bound<'py, PyAny>> {
+        match self.value.and_then(|n| n.checked_add(delta)) {
+            Some(n) => Ok(n.into_pyobject(self.object.py())?.into_any()),
+            None => self.object.add(delta),
+        }
+    }
+
+    /// `count > 0`
+    fn is_positive(&self) -> PyResult<bool> {
+        self.value.map_or_else(|| self.object.gt(0), |n| Ok(n > 0))
+    }
+
+    /// `count == 0`
+    fn is_zero(&self) -> PyResult<bool> {
+        self.value.map_or_else(|| self.object.eq(0), |n| Ok(n == 0))
+    }
+}
+
+/// The server's own `_attach` or `_detach`.
+fn call(server: &Bound<'_, PyAny>, method: &Bound<'_, PyString>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    if tracks_clients(server.py()) {
+        server.call_method1(method, (transport,)).map(drop)
+    } else {
+        server.call_method0(method).map(drop)
+    }
+}
+
+/// From 3.13 the server keeps its transports (`_clients`), not a count.
+fn tracks_clients(py: Python<'_>) -> bool {
+    static TRACKS_CLIENTS: OnceLock<bool> = OnceLock::new();
+    *TRACKS_CLIENTS.get_or_init(|| py.version_info() >= (3, 13))
+}
