@@ -6,6 +6,7 @@ what takes asyncio's own path (debug mode, socket subclasses)."""
 import asyncio
 import os
 import socket
+import sys
 import tempfile
 
 import pytest
@@ -597,3 +598,62 @@ def test_each_loop_registers_its_own_transports(same):
 
     trace = same(scenario)
     assert all(mine and not theirs for _, mine, theirs in trace)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="Server._clients is new in 3.13")
+def test_client_set_methods_replaced_for_a_while(same, monkeypatch):
+    """From 3.13 a server keeps its connections in a `weakref.WeakSet`:
+    replaced by a test, its `add` and `discard` are called as on asyncio
+    (ferroloop does their steps itself only while they are the class's),
+    and `close_clients` finds the same connections."""
+    import weakref
+    add, discard = weakref.WeakSet.add, weakref.WeakSet.discard
+
+    async def scenario(loop, trace):
+        calls, servers = [], []
+
+        def add_(self, item):
+            if any(self is s._clients for s in servers):
+                calls.append("add")
+            add(self, item)
+
+        def discard_(self, item):
+            if any(self is s._clients for s in servers):
+                calls.append("discard")
+            discard(self, item)
+
+        lost = None
+
+        class Proto(asyncio.Protocol):
+            def connection_lost(self, exc):
+                lost.set_result(None)
+
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        servers.append(server)
+        address = server.sockets[0].getsockname()
+        for patched in (False, True, False):
+            calls.clear()
+            lost = loop.create_future()
+            if patched:
+                monkeypatch.setattr(weakref.WeakSet, "add", add_)
+                monkeypatch.setattr(weakref.WeakSet, "discard", discard_)
+            client = socket.create_connection(address)
+            await asyncio.sleep(0.05)
+            trace.append(("open", patched, len(server._clients)))
+            client.close()
+            await lost
+            monkeypatch.undo()
+            trace.append(("lost", patched, calls[:], len(server._clients)))
+        lost = loop.create_future()
+        client = socket.create_connection(address)
+        await asyncio.sleep(0.05)
+        server.close()
+        server.close_clients()
+        await lost
+        client.settimeout(5)
+        trace.append(("closed by the server", client.recv(10)))
+        client.close()
+        await _trace_wait_closed(server, trace)
+
+    trace = same(scenario)
+    assert ("lost", True, ["add", "discard"], 0) in trace

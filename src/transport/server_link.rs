@@ -99,7 +99,7 @@ fn attach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<(
         return Err(PyAssertionError::new_err(()));
     }
     if tracks_clients(py) {
-        server.getattr(intern!(py, "_clients"))?.call_method1(intern!(py, "add"), (transport,))?;
+        clients::add(&server.getattr(intern!(py, "_clients"))?, transport)?;
     } else {
         let count = server.getattr(intern!(py, "_active_count"))?;
         server.setattr(intern!(py, "_active_count"), Count::of(&count).add(1)?)?;
@@ -115,8 +115,8 @@ fn detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<(
     let Some(asyncio) = plain(server)? else { return call(server, intern!(py, "_detach"), transport) };
     let none_left = if tracks_clients(py) {
         let clients = server.getattr(intern!(py, "_clients"))?;
-        clients.call_method1(intern!(py, "discard"), (transport,))?;
-        clients.len()? == 0
+        clients::discard(&clients, transport)?;
+        clients::len(&clients)? == 0
     } else {
         let count = server.getattr(intern!(py, "_active_count"))?;
         let count = Count::of(&count);
@@ -177,4 +177,83 @@ fn call(server: &Bound<'_, PyAny>, method: &Bound<'_, PyString>, transport: &Bou
 fn tracks_clients(py: Python<'_>) -> bool {
     static TRACKS_CLIENTS: OnceLock<bool> = OnceLock::new();
     *TRACKS_CLIENTS.get_or_init(|| py.version_info() >= (3, 13))
+}
+
+/// `Server._clients` (3.13+), a `weakref.WeakSet`: its `add`, `discard` and
+/// `len` by their steps while they are the class's own and no removals
+/// are pending (which its methods commit first).
+mod clients {
+    use pyo3::intern;
+    use pyo3::prelude::*;
+    use pyo3::sync::PyOnceLock;
+    use pyo3::types::{PyList, PySet, PyType, PyWeakrefReference};
+
+    use crate::pyhelpers::CheckedType;
+
+    /// `weakref.WeakSet` and its methods, taken on first use.
+    struct WeakSet {
+        type_: Py<PyType>,
+        add: Py<PyAny>,
+        discard: Py<PyAny>,
+        len: Py<PyAny>,
+    }
+
+    static WEAK_SET: PyOnceLock<WeakSet> = PyOnceLock::new();
+    static METHODS_UNCHANGED: CheckedType = CheckedType::new();
+
+    /// `clients.data` and `clients._pending_removals`, for a plain WeakSet.
+    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>)>> {
+        let py = clients.py();
+        let weak_set = WEAK_SET.get_or_try_init(py, || {
+            let type_ = py.import("weakref")?.getattr("WeakSet")?.cast_into::<PyType>()?;
+            Ok::<_, PyErr>(WeakSet {
+                add: type_.getattr("add")?.unbind(),
+                discard: type_.getattr("discard")?.unbind(),
+                len: type_.getattr("__len__")?.unbind(),
+                type_: type_.unbind(),
+            })
+        })?;
+        let type_ = clients.get_type();
+        let plain = type_.is(weak_set.type_.bind(py))
+            && METHODS_UNCHANGED.holds(&type_, || {
+                Ok(type_.getattr(intern!(py, "add"))?.is(weak_set.add.bind(py))
+                    && type_.getattr(intern!(py, "discard"))?.is(weak_set.discard.bind(py))
+                    && type_.getattr(intern!(py, "__len__"))?.is(weak_set.len.bind(py)))
+            })?;
+        if !plain {
+            return Ok(None);
+        }
+        let data = clients.getattr(intern!(py, "data"))?.cast_into::<PySet>();
+        let pending = clients.getattr(intern!(py, "_pending_removals"))?.cast_into::<PyList>();
+        Ok(match (data, pending) {
+            (Ok(data), Ok(pending)) if pending.is_empty() => Some((data, pending)),
+            _ => None,
+        })
+    }
+
+    /// `clients.add(transport)`: `data.add(ref(transport, clients._remove))`
+    pub fn add(clients: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = clients.py();
+        let Some((data, _)) = parts(clients)? else {
+            return clients.call_method1(intern!(py, "add"), (transport,)).map(drop);
+        };
+        data.add(PyWeakrefReference::new_with(transport, clients.getattr(intern!(py, "_remove"))?)?)
+    }
+
+    /// `clients.discard(transport)`: `data.discard(ref(transport))`
+    pub fn discard(clients: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = clients.py();
+        let Some((data, _)) = parts(clients)? else {
+            return clients.call_method1(intern!(py, "discard"), (transport,)).map(drop);
+        };
+        data.discard(PyWeakrefReference::new(transport)?).map(drop)
+    }
+
+    /// `len(clients)`: `len(data) - len(_pending_removals)`
+    pub fn len(clients: &Bound<'_, PyAny>) -> PyResult<usize> {
+        match parts(clients)? {
+            Some((data, pending)) => Ok(data.len() - pending.len()),
+            None => clients.len(),
+        }
+    }
 }
