@@ -27,6 +27,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::PyClass;
 use pyo3::types::{PyFloat, PyTuple, PyWeakrefReference};
 
+use crate::native_callbacks;
 use crate::pyhelpers;
 use crate::timer_heap::Deadline;
 
@@ -202,7 +203,7 @@ impl Handle {
         let (func, args, ctx) = (func.into_bound(py), args.into_bound(py), self.context(py).into_bound(py));
         // SAFETY: a type check of a live object, with the GIL held.
         let result = if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } != 0 {
-            with_context(py, &ctx, || func.call1(&args).map(drop))
+            with_context(py, &ctx, || native_callbacks::call(&func, &args).unwrap_or_else(|| func.call1(&args).map(drop)))
         } else {
             // Not a Context: what asyncio's `self._context.run(...)` does with it.
             let mut call = vec![func.clone()];

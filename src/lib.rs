@@ -5,6 +5,7 @@
 //! - [`poller`]: mio polling plus level-triggered fd interest,
 //! - [`inherited`]: the descriptor through which `Loop` reuses the standard loop's methods,
 //! - [`handles`]: `Handle` and `TimerHandle`,
+//! - [`native_callbacks`]: the transports' fd callbacks, run as Rust calls,
 //! - [`event_loop`]: `LoopCore`, the Rust base of `ferroloop.Loop`,
 //! - [`transport`]: socket and pipe transports (read, write, flow control),
 //! - [`tls`]: the per-record paths of TLS (asyncio's SSLProtocol),
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod event_loop;
 pub mod handles;
 pub mod inherited;
+pub mod native_callbacks;
 pub mod poller;
 pub mod pyhelpers;
 pub mod sock_ops;
@@ -47,6 +49,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     socket_object::init(m.py())?;
     transport::opening::init(m.py())?;
     transport::server_link::init(m.py())?;
+    native_callbacks::init(&transport::native_callbacks(m.py()))?;
     m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
     m.add_function(wrap_pyfunction!(accept::accept_and_open, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;

@@ -171,6 +171,51 @@ def test_base_exceptions_propagate_out_of_run_forever(same, exc):
                               "after"]
 
 
+@pytest.mark.parametrize("kind", ["stream", "datagram"])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_base_exceptions_from_a_transports_read(same, kind, exc):
+    """`data_received`/`datagram_received` raising KeyboardInterrupt or
+    SystemExit: it propagates out of the transport's fd callback and out of
+    run_forever; the loop and the transport go on reading afterwards."""
+    import socket
+
+    def scenario(loop, trace):
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                trace.append(("received", data))
+                if data == b"raise":
+                    raise exc("out")
+                if data == b"stop":
+                    loop.stop()
+
+            datagram_received = lambda self, data, addr: self.data_received(data)
+
+        loop.set_exception_handler(lambda lp, ctx: trace.append(("handler", ctx["message"])))
+        a, b = socket.socketpair(type=socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM)
+        if kind == "stream":
+            make = loop.create_unix_connection(Proto, sock=a)
+        else:
+            make = loop.create_datagram_endpoint(Proto, sock=a)
+        transport, proto = loop.run_until_complete(make)
+        b.send(b"raise")
+        try:
+            loop.run_forever()
+        except BaseException as e:
+            trace.append(("raised", type(e).__name__))
+        b.send(b"stop")
+        loop.run_forever()
+        trace.append(("closing", transport.is_closing()))
+        transport.close()
+        b.close()
+        loop.run_until_complete(asyncio.sleep(0))
+
+    assert same(scenario) == [("received", b"raise"), ("raised", exc.__name__),
+                              ("received", b"stop"), ("closing", False)]
+
+
 def test_base_exception_from_run_until_complete(same):
     def scenario(loop, trace):
         async def main():

@@ -755,6 +755,36 @@ def test_how_the_peer_ends(same, ending):
 
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's SSLProtocol feeds its _SSLPipe")
+def test_incoming_bio_standing_in_for_the_c_object(same):
+    """An incoming BIO that is not `ssl.MemoryBIO` itself (here a wrapper):
+    its `write` is called with a view of the received bytes, as asyncio
+    calls it (ferroloop lends its read buffer only to the C method), and
+    the records get through intact."""
+    class RecordingBIO:
+        def __init__(self, inner):
+            self._inner = inner
+            self.written = set()
+
+        def write(self, data):
+            self.written.add(type(data).__name__)
+            return self._inner.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    async def scenario(loop, trace):
+        srv, tr, client, server = await _pair(loop, trace, server_hostname="")
+        protocol = tr._ssl_protocol
+        protocol._incoming = RecordingBIO(protocol._incoming)
+        await _echo(tr, client, trace, (1, 20_000, 300_000))
+        trace.append(("written as", sorted(protocol._incoming.written)))
+        await _close(tr, client, server, srv)
+
+    trace = same(scenario)
+    assert ("written as", ["memoryview"]) in trace
+
+
 def test_ssl_object_standing_in_for_the_c_object(same):
     """An `SSLObject` whose `_sslobj` is not the `_ssl` object itself (here
     a wrapper, made by a context's `sslobject_class`): its read and write

@@ -11,7 +11,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::pyhelpers::descriptor_get;
+use super::lent_bytes;
+use crate::pyhelpers::{descriptor_get, with_readonly_view};
 
 /// The two types and their descriptors (from each type's `__dict__`).
 struct CTypes {
@@ -47,8 +48,8 @@ fn is_exactly(obj: &Bound<'_, PyAny>, type_: &Py<PyAny>) -> bool {
     obj.get_type().is(type_.bind(obj.py()))
 }
 
-/// `ssl.read(size)`
-pub(super) fn ssl_read<'py>(ssl: &Bound<'py, PyAny>, size: usize) -> PyResult<Bound<'py, PyAny>> {
+/// `ssl.read(size)` (`size`: an int)
+pub(super) fn ssl_read<'py>(ssl: &Bound<'py, PyAny>, size: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let (py, c) = (ssl.py(), c_types(ssl.py())?);
     if is_exactly(ssl, &c.ssl) {
         c.ssl_read.bind(py).call1((ssl, size))
@@ -74,6 +75,17 @@ pub(super) fn ssl_write<'py>(ssl: &Bound<'py, PyAny>, data: &Bound<'py, PyAny>) 
         c.ssl_write.bind(py).call1((ssl, data))
     } else {
         ssl.call_method1(intern!(py, "write"), (data,))
+    }
+}
+
+/// `bio.write(data)` for bytes of ours: lent to the C method, or for
+/// another object as a `memoryview`.
+pub(super) fn bio_write_from(bio: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
+    let (py, c) = (bio.py(), c_types(bio.py())?);
+    if is_exactly(bio, &c.bio) {
+        lent_bytes::lend(py, data, |lent| c.bio_write.bind(py).call1((bio, lent)).map(drop))
+    } else {
+        with_readonly_view(py, data, |view| bio.call_method1(intern!(py, "write"), (view,)).map(drop))
     }
 }
 

@@ -15,10 +15,12 @@
 //! - [`shutdown`]: the end of the connection (EOF, close_notify),
 //! - [`flow`]: the water-mark decisions (plain Rust),
 //! - [`c_calls`]: the `_ssl` object's and memory BIOs' C methods, called
-//!   without a lookup by name.
+//!   without a lookup by name,
+//! - [`lent_bytes`]: received bytes lent to `MemoryBIO.write` without a copy.
 
 mod c_calls;
 pub mod flow;
 mod handshake;
+mod lent_bytes;
 pub mod protocol;
 mod shutdown;

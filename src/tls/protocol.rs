@@ -29,7 +29,6 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString,
 
 use super::c_calls;
 use super::flow::{flow_change, FlowChange};
-use crate::pyhelpers::with_readonly_view;
 use crate::transport::base::must_propagate;
 use crate::transport::stream_reader;
 
@@ -38,6 +37,13 @@ use crate::transport::stream_reader;
 /// less than this took all the record had. (asyncio asks for 256 KiB, so
 /// each read allocates that much before shrinking it.)
 const READ_SIZE: usize = 16 * 1024 + 1;
+
+/// READ_SIZE as an int, made once (not for each record).
+fn read_size(py: Python<'_>) -> &Bound<'_, PyAny> {
+    static READ_SIZE_INT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    READ_SIZE_INT.get_or_init(py, || READ_SIZE.into_pyobject(py).map_or_else(|e| match e {}, |n| n.into_any().unbind())).bind(py)
+}
+
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: i64 = 5;
 
@@ -174,7 +180,7 @@ impl SSLProtocolCore {
     /// them into the BIO straight from that buffer.
     pub fn feed(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let incoming = bound(py, &self.fields().incoming);
-        with_readonly_view(py, data, |view| c_calls::bio_write(&incoming, view))
+        c_calls::bio_write_from(&incoming, data)
     }
 
     /// What `buffer_updated` does once the bytes are in the BIO: the step
@@ -316,8 +322,9 @@ impl<'a, 'py> Tls<'a, 'py> {
         let mut first: Option<Bound<'py, PyBytes>> = None;
         let mut more: Vec<Bound<'py, PyBytes>> = Vec::new();
         let (mut closed, mut drained) = (false, false);
+        let size = read_size(py);
         loop {
-            let chunk = match c_calls::ssl_read(&ssl, READ_SIZE) {
+            let chunk = match c_calls::ssl_read(&ssl, size) {
                 Ok(c) => c.cast_into::<PyBytes>()?,
                 Err(e) if self.is_again(&e) => break,
                 Err(e) => return Err(e),
@@ -461,7 +468,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         }
         let len = data.len()? as isize;
         let result = match c_calls::ssl_write(&self.ssl_c(), data).and_then(|c| c.extract::<isize>()) {
-            Ok(count) if count >= len => self.process_outgoing(),
+            Ok(count) if count >= len => self.send_records(count > 0),
             // Part of it: the rest waits in the backlog, as asyncio's loop leaves it.
             Ok(count) => (|| {
                 let rest = data.get_item(PySlice::new(py, count, isize::MAX, 1))?;
@@ -484,6 +491,7 @@ impl<'a, 'py> Tls<'a, 'py> {
     pub(super) fn do_write(&self) -> PyResult<()> {
         let py = self.py;
         let (ssl, backlog) = (self.ssl_c(), bound(py, &self.fields().write_backlog));
+        let mut encrypted = false;
         while backlog.is_truthy()? {
             let data = backlog.get_item(0)?;
             let count: isize = match c_calls::ssl_write(&ssl, &data) {
@@ -491,6 +499,7 @@ impl<'a, 'py> Tls<'a, 'py> {
                 Err(e) if self.is_again(&e) => break,
                 Err(e) => return Err(e),
             };
+            encrypted |= count > 0;
             let len = data.len()? as isize;
             if count < len {
                 backlog.set_item(0, data.get_item(PySlice::new(py, count, isize::MAX, 1))?)?;
@@ -500,25 +509,35 @@ impl<'a, 'py> Tls<'a, 'py> {
                 self.fields().write_buffer_size -= len;
             }
         }
-        self.process_outgoing()
+        self.send_records(encrypted)
     }
 
     /// `_process_outgoing`: the encrypted records to the transport.
     pub(super) fn process_outgoing(&self) -> PyResult<()> {
+        self.send_records(false)
+    }
+
+    /// [`process_outgoing`](Self::process_outgoing); `encrypted`: the SSL
+    /// object has just encrypted app data, so the BIO holds records and is
+    /// read without asking for its size first.
+    fn send_records(&self, encrypted: bool) -> PyResult<()> {
         let py = self.py;
         let (paused, outgoing, transport) = {
             let f = self.fields();
             (f.ssl_writing_paused, bound(py, &f.outgoing), bound(py, &f.transport))
         };
-        let mut pending = self.pending(&outgoing)?;
-        // asyncio reads the BIO even when it is empty; nothing differs.
-        if !paused && pending > 0 {
-            let data = c_calls::bio_read(&outgoing)?;
-            transport.call_method1(intern!(py, "write"), (data,))?;
-            // Read out: only this protocol's own SSL calls refill the BIO.
-            pending = 0;
+        if paused {
+            return self.control_app_writing(self.pending(&outgoing)?);
         }
-        self.control_app_writing(pending)
+        // asyncio reads the BIO even when it is empty; nothing differs.
+        if encrypted || self.pending(&outgoing)? > 0 {
+            let data = c_calls::bio_read(&outgoing)?;
+            if data.len()? > 0 {
+                transport.call_method1(intern!(py, "write"), (data,))?;
+            }
+        }
+        // Read out: only this protocol's own SSL calls refill the BIO.
+        self.control_app_writing(0)
     }
 
     // ----- flow control --------------------------------------------------------

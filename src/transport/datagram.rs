@@ -236,6 +236,15 @@ impl DatagramTransportCore {
     }
 }
 
+/// The fd callbacks, called by the loop as Rust functions (`native_callbacks`).
+pub(crate) fn read_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    core.cast::<DatagramTransportCore>()?.get()._read_ready(core.py())
+}
+
+pub(crate) fn write_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    core.cast::<DatagramTransportCore>()?.get()._write_ready(core.py())
+}
+
 super::base::transport_pymethods! {
     DatagramTransportCore,
 

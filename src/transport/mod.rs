@@ -9,7 +9,8 @@
 //! - [`datagram`]: UDP and Unix datagram sockets,
 //! - [`pipe`]: pipes, FIFOs and character devices (`connect_read_pipe`, `connect_write_pipe`, subprocess stdio),
 //! - [`write_buffer`]: the queue of unsent bytes, sent with vectored sends,
-//! - [`socket_io`]: the system calls (sockets, and raw fds for pipes), errors as Python raises them.
+//! - [`socket_io`]: the system calls (sockets, and raw fds for pipes), errors as Python raises them,
+//! - [`native_callbacks`]: the cores' fd callbacks, which the loop calls as Rust functions.
 
 pub mod base;
 pub mod core_method;
@@ -21,3 +22,21 @@ pub mod socket_io;
 pub mod stream;
 pub mod stream_reader;
 pub mod write_buffer;
+
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::native_callbacks::NativeFn;
+
+/// The cores' fd callbacks, which the loop calls as Rust functions.
+pub fn native_callbacks(py: Python<'_>) -> Vec<(Bound<'_, PyType>, &'static str, NativeFn)> {
+    vec![
+        (py.get_type::<stream::StreamTransportCore>(), "_read_ready", stream::read_ready),
+        (py.get_type::<stream::StreamTransportCore>(), "_write_ready", stream::write_ready),
+        (py.get_type::<datagram::DatagramTransportCore>(), "_read_ready", datagram::read_ready),
+        (py.get_type::<datagram::DatagramTransportCore>(), "_write_ready", datagram::write_ready),
+        (py.get_type::<pipe::read::ReadPipeCore>(), "_read_ready", pipe::read::read_ready),
+        (py.get_type::<pipe::write::WritePipeCore>(), "_write_ready", pipe::write::write_ready),
+        (py.get_type::<pipe::write::WritePipeCore>(), "_read_ready", pipe::write::read_ready),
+    ]
+}

@@ -301,6 +301,15 @@ fn chunk_of(data: &Bound<'_, PyAny>, for_writelines: bool) -> PyResult<Chunk> {
     Err(PyTypeError::new_err(format!("memoryview: a bytes-like object is required, not {type_name}")))
 }
 
+/// The fd callbacks, called by the loop as Rust functions (`native_callbacks`).
+pub(crate) fn read_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    StreamTransportCore::_read_ready(core.cast()?)
+}
+
+pub(crate) fn write_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    StreamTransportCore::_write_ready(core.cast()?)
+}
+
 super::base::transport_pymethods! {
     StreamTransportCore,
 

@@ -46,6 +46,11 @@ impl ReadPipeCore {
     }
 }
 
+/// The fd callback, called by the loop as a Rust function (`native_callbacks`).
+pub(crate) fn read_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    core.cast::<ReadPipeCore>()?.get()._read_ready(core.py())
+}
+
 #[pymethods]
 impl ReadPipeCore {
     #[new]

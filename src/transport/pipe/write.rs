@@ -117,6 +117,15 @@ impl WritePipeCore {
     }
 }
 
+/// The fd callbacks, called by the loop as Rust functions (`native_callbacks`).
+pub(crate) fn write_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    core.cast::<WritePipeCore>()?.get()._write_ready(core.py())
+}
+
+pub(crate) fn read_ready(core: &Bound<'_, PyAny>) -> PyResult<()> {
+    core.cast::<WritePipeCore>()?.get()._read_ready(core.py())
+}
+
 #[pymethods]
 impl WritePipeCore {
     #[new]

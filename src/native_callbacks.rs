@@ -1,0 +1,66 @@
+//! Callbacks the loop runs as plain Rust calls: the fd callbacks of
+//! ferroloop's own transports, which are their cores' bound `_read_ready`
+//! and `_write_ready` methods. The handle holds (and shows) the bound
+//! method, as asyncio's handle holds its transport's; only the call skips
+//! Python's call protocol (dispatch, argument parsing, the binding layer's
+//! entry), which cost several hundred instructions per event.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+
+/// The Rust function behind a method, called with the object it is bound to.
+pub type NativeFn = fn(&Bound<'_, PyAny>) -> PyResult<()>;
+
+/// `(address of the method's PyMethodDef, its function)`
+static NATIVE: OnceLock<Vec<(usize, NativeFn)>> = OnceLock::new();
+
+/// Registers each `type_.<name>` (a method taking no arguments) with the
+/// function to call instead; once, when the module is initialised.
+pub fn init(methods: &[(Bound<'_, PyType>, &str, NativeFn)]) -> PyResult<()> {
+    let mut table = Vec::with_capacity(methods.len());
+    for (type_, name, native) in methods {
+        let descriptor = type_.getattr("__dict__")?.get_item(name)?;
+        // SAFETY: comparing the type of a live object with a static type object.
+        let is_method = unsafe { ffi::Py_TYPE(descriptor.as_ptr()) == &raw mut ffi::PyMethodDescr_Type };
+        if !is_method {
+            return Err(PyTypeError::new_err(format!("{name} is not a method of its class")));
+        }
+        // SAFETY: a method_descriptor's struct is PyMethodDescrObject; its
+        // PyMethodDef lives as long as the class (here: the module).
+        let def = unsafe { (*descriptor.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method };
+        table.push((def as usize, *native));
+    }
+    // (initialised again, in another interpreter: the same classes' defs)
+    let _ = NATIVE.set(table);
+    Ok(())
+}
+
+/// `func(*args)` as a Rust call, if `func` is one of those methods, bound,
+/// and `args` is empty; None for anything else.
+pub fn call(func: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> Option<PyResult<()>> {
+    let table = NATIVE.get()?;
+    let ptr = func.as_ptr();
+    // SAFETY: a type check of a live object, then reading the fields of a
+    // builtin method, whose struct PyCFunctionObject is.
+    let (def, bound_to) = unsafe {
+        if ffi::PyCFunction_Check(ptr) == 0 {
+            return None;
+        }
+        let method = &*ptr.cast::<ffi::PyCFunctionObject>();
+        (method.m_ml as usize, method.m_self)
+    };
+    let native = table.iter().find(|(d, _)| *d == def)?.1;
+    if bound_to.is_null() || !args.is_empty() {
+        return None;
+    }
+    // SAFETY: `m_self` is a reference the method object holds; `func` is
+    // alive for this call, so is it. (A method of a class is bound only to
+    // its instances, which is what `native` expects.)
+    let obj = unsafe { Bound::from_borrowed_ptr(func.py(), bound_to) };
+    Some(catch_unwind(AssertUnwindSafe(|| native(&obj))).unwrap_or_else(|panic| Err(crate::pyhelpers::panic_to_pyerr(panic))))
+}
