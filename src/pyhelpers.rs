@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyString, PyTuple, PyType};
 
 
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -212,30 +212,37 @@ pub fn new_object_as<'py>(base: &Bound<'py, PyType>, subtype: &Bound<'py, PyType
     unsafe { Bound::from_owned_ptr_or_err(py, tp_new(subtype.as_ptr().cast(), args.as_ptr(), std::ptr::null_mut())) }
 }
 
-/// Remembers that a check of a type's attributes held (say, that a method
-/// is still the one captured at import), until the type changes. CPython
-/// gives a type a new version tag whenever it or a base class changes (an
-/// attribute set or deleted, `__bases__` assigned) and never gives a tag
-/// out twice; its own attribute caches rely on the same. So the check is
-/// made again only when the tag differs from the one it last held at.
-pub struct CheckedType(AtomicU32);
+/// Whether some of a type's methods are still the ones captured when
+/// ferroloop was imported (a test may replace one for a while), looked up
+/// again only when the type has changed. CPython gives a type a new version
+/// tag whenever it or a base class changes (an attribute set or deleted,
+/// `__bases__` assigned) and never gives a tag out twice; its own attribute
+/// caches rely on the same. So the methods are looked up only when the tag
+/// differs from the one they were last found unchanged at.
+pub struct UnchangedMethods(AtomicU32);
 
-impl CheckedType {
+impl UnchangedMethods {
     pub const fn new() -> Self {
-        CheckedType(AtomicU32::new(0))
+        UnchangedMethods(AtomicU32::new(0))
     }
 
-    /// `check()`'s answer for `type_`, asked only when `type_` is not the
-    /// type, at the same version, it last answered true for.
-    pub fn holds(&self, type_: &Bound<'_, PyType>, check: impl FnOnce() -> PyResult<bool>) -> PyResult<bool> {
+    /// Whether each `type_.<name>` is still its `original`.
+    pub fn hold(&self, type_: &Bound<'_, PyType>, methods: &[(&Bound<'_, PyString>, &Py<PyAny>)]) -> PyResult<bool> {
         let tag = version_tag(type_);
         if tag != 0 && tag == self.0.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        let holds = check()?;
-        // (read again: the check's lookups give a type without one a tag)
-        self.0.store(if holds { version_tag(type_) } else { 0 }, Ordering::Relaxed);
-        Ok(holds)
+        let py = type_.py();
+        let mut hold = true;
+        for (name, original) in methods {
+            if !type_.getattr(*name)?.is(original.bind(py)) {
+                hold = false;
+                break;
+            }
+        }
+        // (read again: the lookups give a type without one a tag)
+        self.0.store(if hold { version_tag(type_) } else { 0 }, Ordering::Relaxed);
+        Ok(hold)
     }
 }
 

@@ -11,9 +11,9 @@ use std::os::fd::RawFd;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyString, PyType};
+use pyo3::types::{PyBool, PyType};
 
-use crate::pyhelpers::{self, CheckedType};
+use crate::pyhelpers::{self, UnchangedMethods};
 use crate::transport::socket_io::os_error;
 
 /// `socket.socket`, its methods as the module defined them and its slots
@@ -56,13 +56,8 @@ fn plain_socket(py: Python<'_>) -> PyResult<&PlainSocket> {
 
 /// Whether `socket.socket.__init__`, and `close` and `_real_close`, are
 /// still the module's own (asked again only once the class changed).
-static INIT_UNCHANGED: CheckedType = CheckedType::new();
-static CLOSE_UNCHANGED: CheckedType = CheckedType::new();
-
-/// Whether `type_.<name>` is still `original`.
-fn unchanged(type_: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, original: &Py<PyAny>) -> PyResult<bool> {
-    Ok(type_.getattr(name)?.is(original.bind(type_.py())))
-}
+static INIT_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
+static CLOSE_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
 
 /// A maker of `socket.socket(family, type, proto, fileno)` objects, for a
 /// batch of accepted connections (the check of `__init__` is made once).
@@ -76,7 +71,7 @@ impl<'py> SocketMaker<'py> {
     pub fn new(py: Python<'py>) -> PyResult<Self> {
         let plain = plain_socket(py)?;
         let type_ = plain.type_.bind(py).clone();
-        let direct = INIT_UNCHANGED.holds(type_.cast()?, || unchanged(&type_, intern!(py, "__init__"), &plain.init))?;
+        let direct = INIT_UNCHANGED.hold(type_.cast()?, &[(intern!(py, "__init__"), &plain.init)])?;
         Ok(SocketMaker { plain, type_, direct })
     }
 
@@ -105,10 +100,7 @@ pub fn close(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let plain = plain_socket(py)?;
     let type_ = sock.get_type();
     let direct = type_.is(plain.type_.bind(py))
-        && CLOSE_UNCHANGED.holds(&type_, || {
-            Ok(unchanged(type_.as_any(), intern!(py, "close"), &plain.close)?
-                && unchanged(type_.as_any(), intern!(py, "_real_close"), &plain.real_close)?)
-        })?;
+        && CLOSE_UNCHANGED.hold(&type_, &[(intern!(py, "close"), &plain.close), (intern!(py, "_real_close"), &plain.real_close)])?;
     if !direct {
         return sock.call_method0(intern!(py, "close")).map(drop);
     }

@@ -17,7 +17,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use super::datagram::DatagramTransportCore;
 use super::stream::StreamTransportCore;
 use crate::event_loop::{self, LoopCore};
-use crate::pyhelpers::CheckedType;
+use crate::pyhelpers::UnchangedMethods;
 use crate::sockaddr;
 
 /// asyncio's names used here, taken when ferroloop is imported.
@@ -54,8 +54,8 @@ fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
     let py = sock.py();
     let names = asyncio_names(py)?;
     let type_ = names.transport_socket.bind(py);
-    static INIT_UNCHANGED: CheckedType = CheckedType::new();
-    if !INIT_UNCHANGED.holds(type_, || Ok(type_.getattr(intern!(py, "__init__"))?.is(names.transport_socket_init.bind(py))))? {
+    static INIT_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
+    if !INIT_UNCHANGED.hold(type_, &[(intern!(py, "__init__"), &names.transport_socket_init)])? {
         return type_.call1((sock,));
     }
     let wrapper = crate::pyhelpers::new_object(type_)?;

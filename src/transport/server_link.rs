@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyString, PyType};
 
-use crate::pyhelpers::CheckedType;
+use crate::pyhelpers::UnchangedMethods;
 
 /// `asyncio.base_events.Server` and its methods, taken when ferroloop is
 /// imported (a test may replace them for a while).
@@ -26,7 +26,7 @@ struct AsyncioServer {
 }
 
 static ASYNCIO_SERVER: PyOnceLock<AsyncioServer> = PyOnceLock::new();
-static METHODS_UNCHANGED: CheckedType = CheckedType::new();
+static METHODS_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
 
 pub fn init(py: Python<'_>) -> PyResult<()> {
     asyncio_server(py).map(drop)
@@ -52,10 +52,7 @@ fn plain<'py>(server: &Bound<'py, PyAny>) -> PyResult<Option<&'py AsyncioServer>
     let asyncio = asyncio_server(py)?;
     let type_ = server.get_type();
     let plain = type_.is(asyncio.type_.bind(py))
-        && METHODS_UNCHANGED.holds(&type_, || {
-            Ok(type_.getattr(intern!(py, "_attach"))?.is(asyncio.attach.bind(py))
-                && type_.getattr(intern!(py, "_detach"))?.is(asyncio.detach.bind(py)))
-        })?;
+        && METHODS_UNCHANGED.hold(&type_, &[(intern!(py, "_attach"), &asyncio.attach), (intern!(py, "_detach"), &asyncio.detach)])?;
     Ok(plain.then_some(asyncio))
 }
 
@@ -188,7 +185,7 @@ mod clients {
     use pyo3::sync::PyOnceLock;
     use pyo3::types::{PyList, PySet, PyType, PyWeakrefReference};
 
-    use crate::pyhelpers::CheckedType;
+    use crate::pyhelpers::UnchangedMethods;
 
     /// `weakref.WeakSet` and its methods, taken on first use.
     struct WeakSet {
@@ -199,7 +196,7 @@ mod clients {
     }
 
     static WEAK_SET: PyOnceLock<WeakSet> = PyOnceLock::new();
-    static METHODS_UNCHANGED: CheckedType = CheckedType::new();
+    static METHODS_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
 
     /// `clients.data` and `clients._pending_removals`, for a plain WeakSet.
     fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>)>> {
@@ -215,11 +212,7 @@ mod clients {
         })?;
         let type_ = clients.get_type();
         let plain = type_.is(weak_set.type_.bind(py))
-            && METHODS_UNCHANGED.holds(&type_, || {
-                Ok(type_.getattr(intern!(py, "add"))?.is(weak_set.add.bind(py))
-                    && type_.getattr(intern!(py, "discard"))?.is(weak_set.discard.bind(py))
-                    && type_.getattr(intern!(py, "__len__"))?.is(weak_set.len.bind(py)))
-            })?;
+            && METHODS_UNCHANGED.hold(&type_, &[(intern!(py, "add"), &weak_set.add), (intern!(py, "discard"), &weak_set.discard), (intern!(py, "__len__"), &weak_set.len)])?;
         if !plain {
             return Ok(None);
         }
