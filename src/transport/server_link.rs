@@ -29,7 +29,8 @@ static ASYNCIO_SERVER: PyOnceLock<AsyncioServer> = PyOnceLock::new();
 static METHODS_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
 
 pub fn init(py: Python<'_>) -> PyResult<()> {
-    asyncio_server(py).map(drop)
+    asyncio_server(py)?;
+    clients::init(py)
 }
 
 fn asyncio_server(py: Python<'_>) -> PyResult<&AsyncioServer> {
@@ -187,7 +188,7 @@ mod clients {
 
     use crate::pyhelpers::UnchangedMethods;
 
-    /// `weakref.WeakSet` and its methods, taken on first use.
+    /// `weakref.WeakSet` and its methods, taken when ferroloop is imported.
     struct WeakSet {
         type_: Py<PyType>,
         add: Py<PyAny>,
@@ -198,10 +199,14 @@ mod clients {
     static WEAK_SET: PyOnceLock<WeakSet> = PyOnceLock::new();
     static METHODS_UNCHANGED: UnchangedMethods = UnchangedMethods::new();
 
-    /// `clients.data` and `clients._pending_removals`, for a plain WeakSet.
-    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>)>> {
-        let py = clients.py();
-        let weak_set = WEAK_SET.get_or_try_init(py, || {
+    /// Take WeakSet's methods when ferroloop is imported (a test may
+    /// replace them for a while).
+    pub(super) fn init(py: Python<'_>) -> PyResult<()> {
+        weak_set(py).map(drop)
+    }
+
+    fn weak_set(py: Python<'_>) -> PyResult<&WeakSet> {
+        WEAK_SET.get_or_try_init(py, || {
             let type_ = py.import("weakref")?.getattr("WeakSet")?.cast_into::<PyType>()?;
             Ok::<_, PyErr>(WeakSet {
                 add: type_.getattr("add")?.unbind(),
@@ -209,7 +214,13 @@ mod clients {
                 len: type_.getattr("__len__")?.unbind(),
                 type_: type_.unbind(),
             })
-        })?;
+        })
+    }
+
+    /// `clients.data` and `clients._pending_removals`, for a plain WeakSet.
+    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>)>> {
+        let py = clients.py();
+        let weak_set = weak_set(py)?;
         let type_ = clients.get_type();
         let plain = type_.is(weak_set.type_.bind(py))
             && METHODS_UNCHANGED.hold(&type_, &[(intern!(py, "add"), &weak_set.add), (intern!(py, "discard"), &weak_set.discard), (intern!(py, "__len__"), &weak_set.len)])?;
