@@ -2,9 +2,9 @@
 //! socket, taken in one call as the socket objects and peer addresses that
 //! `sock.accept()` makes, without its Python frames and without the
 //! BlockingIOError that ends each of asyncio's accept batches. For a plain
-//! TCP or Unix server ([`accept_and_open`]) each connection's protocol and
-//! transport are made here too, by a callback; otherwise
-//! `ferroloop/_server.py` makes them.
+//! TCP or Unix server ([`accept_connection`], the loop's
+//! `_accept_connection`) each connection's protocol and transport are made
+//! here too, by a callback; otherwise `ferroloop/_server.py` makes them.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyList, PyTuple, PyType};
 
 use crate::event_loop::{self, LoopCore};
-use crate::pyhelpers;
+use crate::pyhelpers::{self, UnchangedMethods};
 use crate::sockaddr;
 use crate::socket_object::SocketMaker;
 use crate::transport::base::must_propagate;
@@ -72,31 +72,84 @@ pub fn accept_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, Py
     Ok((accepted, stop.into_then(py)))
 }
 
-/// [`accept_connections`] for a plain TCP or Unix server (no TLS, no task
-/// factory, the loop's own stream transport): each connection's protocol
-/// and transport are made by a callback scheduled for it, [`open_accepted`].
-/// Returns `(count, then)`.
-#[pyfunction]
-pub fn accept_and_open<'py>(loop_: &Bound<'py, PyAny>, protocol_factory: &Bound<'py, PyAny>, sock: &Bound<'py, PyAny>, server: &Bound<'py, PyAny>, backlog: &Bound<'py, PyAny>) -> PyResult<(usize, Bound<'py, PyAny>)> {
-    let py = sock.py();
-    let core = loop_.cast::<LoopCore>()?;
+/// `loop._accept_connection(protocol_factory, sock, sslcontext, server,
+/// backlog, *timeouts)`, a listening socket's reader callback. For a plain
+/// TCP or Unix server (no TLS, no task factory, not in debug mode, the
+/// loop's own stream transport) the batch is taken here and each
+/// connection's protocol and transport are made by a callback scheduled
+/// for it, [`open_accepted`]; anything else (and a call with arguments
+/// missing) is `ferroloop/_server.py`'s `accept_connection`.
+pub fn accept_connection(loop_: &Bound<'_, LoopCore>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    let py = loop_.py();
+    let names = server_names(py)?;
+    let core = loop_.get();
+    let plain = args.len() >= 5
+        && !core.debug()
+        && !core.has_task_factory()
+        && !args.get_item(2)?.is_truthy()?
+        && OWN_TRANSPORT.hold(&loop_.get_type(), &[(pyo3::intern!(py, "_make_socket_transport"), &names.make_socket_transport)])?;
+    if !plain {
+        let mut all = vec![loop_.clone().into_any()];
+        all.extend(args.iter());
+        return names.accept_connection.bind(py).call1(PyTuple::new(py, all)?).map(drop);
+    }
+    let (protocol_factory, sock, server, backlog) = (args.get_item(0)?, args.get_item(1)?, args.get_item(3)?, args.get_item(4)?);
     let open = OPEN_ACCEPTED.get_or_try_init(py, || Ok::<_, PyErr>(wrap_pyfunction!(open_accepted, py)?.into_any().unbind()))?;
-    let mut count = 0;
-    let stop = take_connections(sock, backlog, |conn, addr, kind| {
+    let mut count: isize = 0;
+    let stop = take_connections(&sock, &backlog, |conn, addr, kind| {
         // (whether it is TCP, for TCP_NODELAY: the listener's kind is its)
         let tcp = PyBool::new(py, kind.is_tcp()).to_owned().into_any();
-        let args = PyTuple::new(py, [loop_.clone(), protocol_factory.clone(), conn, addr, server.clone(), tcp])?;
-        event_loop::call_soon(core, open.bind(py).clone(), args)?;
+        let args = PyTuple::new(py, [loop_.clone().into_any(), protocol_factory.clone(), conn, addr, server.clone(), tcp])?;
+        event_loop::call_soon(loop_, open.bind(py).clone(), args)?;
         count += 1;
         Ok(())
     })?;
-    Ok((count, stop.into_then(py)))
+    match stop {
+        Stop::Done => Ok(()),
+        // asyncio's method goes on with what is left of the batch.
+        Stop::HandOver => {
+            let mut rest = vec![loop_.clone().into_any(), protocol_factory, sock, args.get_item(2)?, server];
+            rest.push(backlog.sub(count)?);
+            rest.extend(args.iter().skip(5));
+            names.standard_accept.bind(py).call1(PyTuple::new(py, rest)?).map(drop)
+        }
+        Stop::Raise(e) => Err(e),
+    }
 }
+
+/// Whether the loop's class still makes its socket transports with
+/// `ferroloop._stream.make_socket_transport`.
+static OWN_TRANSPORT: UnchangedMethods = UnchangedMethods::new();
 
 static OPEN_ACCEPTED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// `ferroloop._stream.SocketTransport` and `ferroloop._server._report_failure`.
-static SERVER_NAMES: PyOnceLock<(Py<PyType>, Py<PyAny>)> = PyOnceLock::new();
+/// What the accept path uses of ferroloop's Python modules and asyncio's.
+struct ServerNames {
+    /// `ferroloop._stream.SocketTransport` and `make_socket_transport`
+    transport_type: Py<PyType>,
+    make_socket_transport: Py<PyAny>,
+    /// `ferroloop._server.accept_connection` and `_report_failure`
+    accept_connection: Py<PyAny>,
+    report_failure: Py<PyAny>,
+    /// the standard loop's `_accept_connection`
+    standard_accept: Py<PyAny>,
+}
+
+static SERVER_NAMES: PyOnceLock<ServerNames> = PyOnceLock::new();
+
+fn server_names(py: Python<'_>) -> PyResult<&ServerNames> {
+    SERVER_NAMES.get_or_try_init(py, || {
+        let stream = py.import("ferroloop._stream")?;
+        let server = py.import("ferroloop._server")?;
+        Ok::<_, PyErr>(ServerNames {
+            transport_type: stream.getattr("SocketTransport")?.cast_into::<PyType>()?.unbind(),
+            make_socket_transport: stream.getattr("make_socket_transport")?.unbind(),
+            accept_connection: server.getattr("accept_connection")?.unbind(),
+            report_failure: server.getattr("_report_failure")?.unbind(),
+            standard_accept: py.import("ferroloop._sock")?.getattr("STANDARD")?.getattr("_accept_connection")?.unbind(),
+        })
+    })
+}
 
 /// One accepted connection's protocol and transport: the task body of
 /// asyncio's `_accept_connection2`, with its error handling (a failure is
@@ -105,10 +158,7 @@ static SERVER_NAMES: PyOnceLock<(Py<PyType>, Py<PyAny>)> = PyOnceLock::new();
 #[pyfunction]
 fn open_accepted(loop_: &Bound<'_, PyAny>, protocol_factory: &Bound<'_, PyAny>, conn: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>, tcp: bool) -> PyResult<()> {
     let py = loop_.py();
-    let (transport_type, report_failure) = SERVER_NAMES.get_or_try_init(py, || {
-        let transport_type = py.import("ferroloop._stream")?.getattr("SocketTransport")?.cast_into::<PyType>()?.unbind();
-        Ok::<_, PyErr>((transport_type, py.import("ferroloop._server")?.getattr("_report_failure")?.unbind()))
-    })?;
+    let ServerNames { transport_type, report_failure, .. } = server_names(py)?;
     let mut protocol = None;
     let result = (|| {
         let made = protocol_factory.call0()?;

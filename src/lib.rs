@@ -51,7 +51,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transport::server_link::init(m.py())?;
     native_callbacks::init(&transport::native_callbacks(m.py()))?;
     m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
-    m.add_function(wrap_pyfunction!(accept::accept_and_open, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::server_link::detach_server, m)?)?;

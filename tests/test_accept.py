@@ -524,10 +524,10 @@ def _record_calls(monkeypatch, cls, names, calls, mine=lambda self: True):
     """Replace `cls`'s methods `names` by ones that note their name in
     `calls` (when `mine(self)`), then call the original."""
     def recording(name, original):
-        def method(self, *args):
+        def method(self, *args, **kwargs):
             if mine(self):
                 calls.append(name)
-            return original(self, *args)
+            return original(self, *args, **kwargs)
         return method
     for name in names:
         monkeypatch.setattr(cls, name, recording(name, getattr(cls, name)))
@@ -591,6 +591,28 @@ def test_server_methods_replaced_for_a_while(same, monkeypatch):
 
     trace = same(scenario)
     assert trace[1][2][0] == ["_attach", "_detach"]
+
+
+def test_transport_factory_replaced_for_a_while(same, monkeypatch):
+    """A loop class whose `_make_socket_transport` a test replaced makes
+    accepted connections' transports with the replacement, as asyncio's
+    does (ferroloop accepts and opens connections by itself only while
+    that method is its own), and with its own again once it is restored."""
+    async def scenario(loop, trace):
+        calls = []
+
+        def replace(server):
+            calls.clear()
+            _record_calls(monkeypatch, type(loop), ["_make_socket_transport"], calls)
+
+        server, states, _ = await _connections_while_replaced(loop, monkeypatch, replace,
+                                                              lambda server: calls[:])
+        trace.extend(states)
+        server.close()
+        await _trace_wait_closed(server, trace)
+
+    trace = same(scenario)
+    assert trace[1] == (True, ["_make_socket_transport"], ["_make_socket_transport"])
 
 
 def test_each_loop_registers_its_own_transports(same):

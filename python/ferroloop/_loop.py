@@ -97,15 +97,18 @@ def _name_as_standard(*names):
     def decorate(target):
         for name in names:
             function = vars(target)[name]
-            if not function.__module__.startswith(__package__):
-                continue  # the standard loop's own function (some versions)
-            owner = next(c for c in _STANDARD_LOOP.__mro__ if name in vars(c))
-            qualname = f"{owner.__name__}.{name}"
-            if hasattr(function.__code__, "co_qualname"):
-                function.__code__ = function.__code__.replace(co_qualname=qualname)
-            function.__qualname__ = qualname
+            if function.__module__.startswith(__package__):  # (else the standard loop's own)
+                _give_standard_name(function, name)
         return target
     return decorate
+
+
+def _give_standard_name(function, name):
+    owner = next(c for c in _STANDARD_LOOP.__mro__ if name in vars(c))
+    qualname = f"{owner.__name__}.{name}"
+    if hasattr(function.__code__, "co_qualname"):
+        function.__code__ = function.__code__.replace(co_qualname=qualname)
+    function.__qualname__ = qualname
 
 
 # asyncio 3.13+ sets a run up inside the try whose finally cleans it up.
@@ -116,6 +119,11 @@ def _read_from_self(loop_ref):
     loop = loop_ref()
     if loop is not None:
         loop._read_from_self()
+
+
+# The loop's `_accept_connection` is Rust's (src/accept.rs); this is what it
+# runs for anything but a plain server, and for a call with arguments missing.
+_give_standard_name(accept_connection, "_accept_connection")
 
 
 @_reuse(
@@ -158,11 +166,11 @@ def _read_from_self(loop_ref):
     "subprocess_shell", "subprocess_exec", "_log_subprocess",
     "_child_watcher_callback",
     # the accept loop, driven by ferroloop's fd callbacks (each batch of
-    # accepted connections: _server.py)
+    # accepted connections: src/accept.rs and _server.py)
     "_start_serving", "_accept_connection2",
 )
 @_name_as_standard("getaddrinfo", "sock_recv", "sock_recv_into", "sock_sendall", "start_tls",
-                   "_accept_connection", "_sock_connect", "run_forever", "close")
+                   "_sock_connect", "run_forever", "close")
 class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core runs in Rust."""
 
@@ -170,7 +178,6 @@ class Loop(_ferroloop.BaseEventLoop, _SelectorServing, asyncio.AbstractEventLoop
     sock_recv = sock_recv
     sock_recv_into = sock_recv_into
     sock_sendall = sock_sendall
-    _accept_connection = accept_connection
     _sock_connect = sock_connect_attempt
     _make_subprocess_transport = make_subprocess_transport
     _make_datagram_transport = make_datagram_transport

@@ -11,16 +11,15 @@ the transport if it fails. Here that first step is a plain callback
 callback of the waiter, which runs in the iteration the task would have
 resumed in; a plain TCP or Unix transport has no waiter (it cannot fail),
 which saves the task, the future and an iteration per connection. For a
-plain TCP or Unix server, that callback is Rust's (accept.rs's
-`open_accepted`). With a task factory set, the factory is shown the task,
+plain TCP or Unix server, the batch and that callback are Rust's (accept.rs:
+the loop's `_accept_connection`, and `open_accepted`). With a task factory set, the factory is shown the task,
 as on the standard loop; debug mode, whose accept logs each connection,
 runs asyncio's method."""
 
 import functools
 
-from ._ferroloop import accept_and_open, accept_connections
+from ._ferroloop import accept_connections
 from ._sock import STANDARD  # the standard loop: the reference, and the fallback
-from ._stream import make_socket_transport
 
 # `_accept_connection2`'s keyword names for the timeouts passed on by
 # `_accept_connection` (the shutdown timeout exists from 3.11).
@@ -30,27 +29,23 @@ _TIMEOUT_NAMES = ("ssl_handshake_timeout", "ssl_shutdown_timeout")
 def accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
                       backlog=100, *timeouts):
     # (*timeouts: the ssl handshake timeout, and from 3.11 the shutdown timeout.)
+    # The loop's own `_accept_connection` (src/accept.rs) runs this for
+    # anything but a plain TCP or Unix server.
     if self._debug:
         return STANDARD._accept_connection(self, protocol_factory, sock, sslcontext, server,
                                            backlog, *timeouts)
-    if (not sslcontext and self._task_factory is None
-            and type(self)._make_socket_transport is make_socket_transport):
-        # The common case: each connection's open_accepted is Rust's.
-        count, then = accept_and_open(self, protocol_factory, sock, server, backlog)
+    accepted, then = accept_connections(sock, backlog)
+    if self._task_factory is None:
+        for conn, addr in accepted:
+            self.call_soon(open_accepted, self, protocol_factory, conn, {'peername': addr},
+                           sslcontext, server, timeouts)
     else:
-        accepted, then = accept_connections(sock, backlog)
-        count = len(accepted)
-        if self._task_factory is None:
-            for conn, addr in accepted:
-                self.call_soon(open_accepted, self, protocol_factory, conn, {'peername': addr},
-                               sslcontext, server, timeouts)
-        else:
-            for conn, addr in accepted:
-                self.create_task(self._accept_connection2(
-                    protocol_factory, conn, {'peername': addr}, sslcontext, server, *timeouts))
+        for conn, addr in accepted:
+            self.create_task(self._accept_connection2(
+                protocol_factory, conn, {'peername': addr}, sslcontext, server, *timeouts))
     if then is True:
         STANDARD._accept_connection(self, protocol_factory, sock, sslcontext, server,
-                                    backlog - count, *timeouts)
+                                    backlog - len(accepted), *timeouts)
     elif then is not None:
         raise then
 

@@ -10,6 +10,7 @@ connection (`_call_connection_lost`) are Rust's too: src/transport/opening.rs
 and base.rs."""
 
 import socket
+import types
 import warnings
 import weakref
 from asyncio import transports
@@ -79,8 +80,11 @@ class CoreMethods:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        core_slot = getattr(cls, "_core", None)
+        if not isinstance(core_slot, types.MemberDescriptorType):
+            core_slot = None
         for name in cls._CORE_METHODS:
-            setattr(cls, name, CoreMethod(name, _delegate(name), name not in _CALLED_ONCE))
+            setattr(cls, name, CoreMethod(name, _delegate(name), name not in _CALLED_ONCE, core_slot))
 
 
 class CoreFlowControl:
@@ -111,10 +115,11 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
     # Those of the core's methods that the transport takes as its own.
     _CORE_METHODS = CORE_METHODS
 
-    # Read by __del__, also when __init__ failed early. (__init__ is a
-    # subclass's, in Rust: src/transport/opening.rs.)
-    _sock = None
-    _server = None
+    # Set on every connection, by Rust through the slots' descriptors
+    # (src/transport/slots.rs), as are asyncio's `_loop` and `_extra`
+    # slots. (__init__ is a subclass's, in Rust: src/transport/opening.rs;
+    # __repr__ and __del__ also meet objects whose __init__ failed early.)
+    __slots__ = ("_sock", "_sock_fd", "_core", "_server")
 
     # The state asyncio's code and tests read off a selector transport.
     _protocol = property(lambda self: self._core.get_protocol())
@@ -125,12 +130,12 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
 
     def __repr__(self):
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if getattr(self, '_sock', None) is None:
             info.append('closed')
         elif self._core.is_closing():
             info.append('closing')
-        info.append(f'fd={self._sock_fd}')
-        loop = self._loop
+        info.append(f'fd={getattr(self, "_sock_fd", None)}')
+        loop = getattr(self, '_loop', None)
         if loop is not None and not loop.is_closed():
             reader, writer = loop._fd_handles(self._sock_fd)
             info.append('read=polling' if reader is not None else 'read=idle')
@@ -139,7 +144,7 @@ class RustTransport(CoreMethods, CoreFlowControl, transports._FlowControlMixin, 
         return '<{}>'.format(' '.join(info))
 
     def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
+        if getattr(self, '_sock', None) is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
             detach_server(self)

@@ -115,6 +115,10 @@ impl LoopCore {
         self.shared.debug.load(Ordering::Relaxed)
     }
 
+    pub fn has_task_factory(&self) -> bool {
+        lock(&self.task_factory).is_some()
+    }
+
     fn slow_callback_duration(&self, py: Python<'_>) -> Py<PyAny> {
         match lock(&self.slow_callback_duration).as_ref() {
             Some(value) => value.clone_ref(py),
@@ -488,6 +492,14 @@ impl LoopCore {
     /// `(reader_handle, writer_handle)` registered for `fd`, for introspection.
     fn _fd_handles(&self, py: Python<'_>, fd: i32) -> (Option<Py<Handle>>, Option<Py<Handle>>) {
         lock(&self.fds).get(py, fd)
+    }
+
+    // ----- servers (accept.rs) -----------------------------------------------
+
+    /// A listening socket's reader callback: its queued connections.
+    #[pyo3(signature = (*args))]
+    fn _accept_connection(slf: &Bound<'_, Self>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        crate::accept::accept_connection(slf, &args)
     }
 
     // ----- garbage collection ----------------------------------------------

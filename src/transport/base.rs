@@ -17,6 +17,7 @@ use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
+use super::slots::{self, Slot};
 use crate::event_loop::{self, LoopCore};
 
 /// asyncio's default high-water mark (`_FlowControlMixin`); low is a quarter.
@@ -384,9 +385,10 @@ impl<B: WriteQueue, X> Core<B, X> {
         // Called again: asyncio's `self._sock.close()` meets None.
         let Some(transport) = transport.map(|t| t.into_bound(py)) else { return Err(released_error("close")) };
         let cleanup = (|| {
-            crate::socket_object::close(&transport.getattr(pyo3::intern!(py, "_sock"))?)?;
-            transport.setattr(pyo3::intern!(py, "_sock"), py.None())?;
-            transport.setattr(pyo3::intern!(py, "_loop"), py.None())?;
+            let none = py.None().into_bound(py);
+            crate::socket_object::close(&slots::get(&transport, Slot::Sock)?.unwrap_or_else(|| none.clone()))?;
+            slots::set(&transport, Slot::Sock, &none)?;
+            slots::set(&transport, Slot::Loop, &none)?;
             lost()?;
             self.release();
             super::server_link::detach_server(&transport)

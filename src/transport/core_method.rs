@@ -19,13 +19,17 @@ pub struct CoreMethod {
     /// Whether the object keeps the bound method (false for methods called
     /// about once per connection).
     keep: bool,
+    /// The class's `_core` slot (a member descriptor), read directly; None
+    /// for a class that keeps `_core` in the object's dict.
+    core_slot: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl CoreMethod {
     #[new]
-    fn new(name: Bound<'_, PyString>, unbound: Bound<'_, PyAny>, keep: bool) -> Self {
-        CoreMethod { name: name.unbind(), unbound: unbound.unbind(), keep }
+    #[pyo3(signature = (name, unbound, keep, core_slot=None))]
+    fn new(name: Bound<'_, PyString>, unbound: Bound<'_, PyAny>, keep: bool, core_slot: Option<Bound<'_, PyAny>>) -> Self {
+        CoreMethod { name: name.unbind(), unbound: unbound.unbind(), keep, core_slot: core_slot.map(Bound::unbind) }
     }
 
     /// A non-data descriptor (no `__set__`): the object's own attribute, once
@@ -33,7 +37,11 @@ impl CoreMethod {
     fn __get__(&self, py: Python<'_>, obj: Option<Bound<'_, PyAny>>, _owner: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
         let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(self.unbound.clone_ref(py)) };
         let name = self.name.bind(py);
-        let bound = obj.getattr(pyo3::intern!(py, "_core"))?.getattr(name)?;
+        let core = match &self.core_slot {
+            Some(slot) => crate::pyhelpers::descriptor_get(slot.bind(py), &obj)?,
+            None => obj.getattr(pyo3::intern!(py, "_core"))?,
+        };
+        let bound = core.getattr(name)?;
         // (set as an attribute: the class attribute is a non-data descriptor,
         // so this stores into the object's own values without making it
         // a `__dict__`)
@@ -44,6 +52,7 @@ impl CoreMethod {
     }
 
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::gc::PyTraverseError> {
-        visit.call(&self.unbound)
+        visit.call(&self.unbound)?;
+        visit.call(&self.core_slot)
     }
 }

@@ -15,6 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::datagram::DatagramTransportCore;
+use super::slots::{self, Slot};
 use super::stream::StreamTransportCore;
 use crate::event_loop::{self, LoopCore};
 use crate::pyhelpers::UnchangedMethods;
@@ -91,7 +92,8 @@ pub fn open_datagram_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, P
     let py = transport.py();
     let fd = init_selector_transport(transport, loop_, sock, extra)?;
     transport.setattr(intern!(py, "_address"), address)?;
-    let connected = transport.getattr(intern!(py, "_extra"))?.get_item(intern!(py, "peername"))?.is_truthy()?;
+    let extra = slots::get(transport, Slot::Extra)?.unwrap_or_else(|| py.None().into_bound(py));
+    let connected = extra.get_item(intern!(py, "peername"))?.is_truthy()?;
     let address = (!address.is_none()).then(|| address.clone().unbind());
     let core = DatagramTransportCore::new(loop_.clone(), sock.clone(), transport.clone(), protocol.clone(), address, connected, header_bytes, send_empty)?;
     let core = Bound::new(py, core)?;
@@ -106,15 +108,15 @@ fn init_selector_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny
     let py = transport.py();
     // BaseTransport.__init__: the caller's dict itself, or a new one.
     let extra = if extra.is_none() { PyDict::new(py).into_any() } else { extra.clone() };
-    transport.setattr(intern!(py, "_extra"), &extra)?;
+    slots::set(transport, Slot::Extra, &extra)?;
     extra.set_item(intern!(py, "socket"), transport_socket(sock)?)?;
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     extra.set_item(intern!(py, "sockname"), none_on_os_error(py, socket_name(sock, fd))?)?;
     if !extra.contains(intern!(py, "peername"))? {
         extra.set_item(intern!(py, "peername"), none_on_os_error(py, sock.call_method0(intern!(py, "getpeername")))?)?;
     }
-    transport.setattr(intern!(py, "_loop"), loop_)?;
-    transport.setattr(intern!(py, "_sock_fd"), fd)?;
+    slots::set(transport, Slot::Loop, loop_)?;
+    slots::set(transport, Slot::SockFd, fd.into_pyobject(py)?.as_any())?;
     Ok(fd)
 }
 
@@ -140,9 +142,8 @@ fn none_on_os_error<'py>(py: Python<'py>, result: PyResult<Bound<'py, PyAny>>) -
 
 /// The transport's core and socket.
 fn bind_core(transport: &Bound<'_, PyAny>, core: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = transport.py();
-    transport.setattr(intern!(py, "_core"), core)?;
-    transport.setattr(intern!(py, "_sock"), sock)
+    slots::set(transport, Slot::Core, core)?;
+    slots::set(transport, Slot::Sock, sock)
 }
 
 /// `loop._transports[fd] = transport` (which add_reader and the sock_*

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyString, PyType};
 
+use super::slots::{self, Slot};
 use crate::pyhelpers::UnchangedMethods;
 
 /// `asyncio.base_events.Server` and its methods, taken when ferroloop is
@@ -68,11 +69,11 @@ pub fn attach_server(transport: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) ->
     let py = transport.py();
     let attach = || if server.is_none() { Ok(()) } else { attach(server, transport) };
     if tracks_clients(py) {
-        transport.setattr(intern!(py, "_server"), server)?;
+        slots::set(transport, Slot::Server, server)?;
         attach()
     } else {
         attach()?;
-        transport.setattr(intern!(py, "_server"), server)
+        slots::set(transport, Slot::Server, server)
     }
 }
 
@@ -80,11 +81,8 @@ pub fn attach_server(transport: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) ->
 #[pyfunction]
 pub fn detach_server(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let server = transport.getattr(intern!(py, "_server"))?;
-    if server.is_none() {
-        return Ok(());
-    }
-    transport.setattr(intern!(py, "_server"), py.None())?;
+    let Some(server) = slots::get(transport, Slot::Server)?.filter(|s| !s.is_none()) else { return Ok(()) };
+    slots::set(transport, Slot::Server, &py.None().into_bound(py))?;
     detach(&server, transport)
 }
 
