@@ -54,6 +54,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::server_link::detach_server, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::unclosed::transport_finalizer, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;

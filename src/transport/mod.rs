@@ -3,6 +3,7 @@
 //! - [`base`]: what every transport shares: close/abort, reading on and off, flow control,
 //! - [`opening`]: what the socket transports' `__init__` do: extra info, core, registration, first callbacks,
 //! - [`slots`]: the attributes a socket transport's Python object gets on every connection, in slots,
+//! - [`unclosed`]: their Python class's `__del__` (the warning for a transport freed unclosed), in Rust,
 //! - [`server_link`]: a server-side transport's place in its `Server`'s count of connections,
 //! - [`core_method`]: the transport objects' methods that are their core's, bound on first use,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
@@ -19,6 +20,7 @@ pub mod datagram;
 pub mod opening;
 pub mod server_link;
 pub mod slots;
+pub mod unclosed;
 pub mod pipe;
 pub mod socket_io;
 pub mod stream;

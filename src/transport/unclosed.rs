@@ -1,0 +1,60 @@
+//! `__del__` of the socket transports' Python class (`RustTransport`), as
+//! a method whose function is Rust's. Every transport object runs it once,
+//! when it is freed, and nearly always finds `_sock` None (the connection
+//! was closed) and has nothing to do; as Python code, that was a frame per
+//! connection. An unclosed transport runs its `_warn_unclosed()` (Python):
+//! the ResourceWarning, closing its socket, leaving its server.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use super::slots::{self, Slot};
+
+/// A `PyMethodDef` that may be a `static`.
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: never written after it is made; CPython only reads it, from
+// threads that hold the GIL.
+unsafe impl Sync for MethodDef {}
+
+static DEL: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"__del__".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunction: del },
+    ml_flags: ffi::METH_NOARGS,
+    ml_doc: std::ptr::null(),
+});
+
+/// `__del__` for `class` (RustTransport): a method descriptor, which
+/// CPython's finalizer calls with the object and no argument tuple.
+#[pyfunction]
+pub fn transport_finalizer<'py>(class: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `class` is a live type object; the def is a static, so it
+    // outlives the descriptor, which only reads it.
+    unsafe { Bound::from_owned_ptr_or_err(class.py(), ffi::PyDescr_NewMethod(class.as_ptr().cast(), (&raw const DEL.0).cast_mut())) }
+}
+
+unsafe extern "C" fn del(transport: *mut ffi::PyObject, _no_args: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a method with the GIL held, and `transport` is
+    // a live object it lends for the call (an instance of the class: the
+    // method descriptor checked).
+    let py = unsafe { Python::assume_attached() };
+    let transport = unsafe { Bound::from_borrowed_ptr(py, transport) };
+    let result = catch_unwind(AssertUnwindSafe(|| finalize(&transport))).unwrap_or_else(|panic| Err(crate::pyhelpers::panic_to_pyerr(panic)));
+    match result {
+        Ok(()) => py.None().into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+fn finalize(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    match slots::get(transport, Slot::Sock)? {
+        Some(sock) if !sock.is_none() => transport.call_method0(pyo3::intern!(transport.py(), "_warn_unclosed")).map(drop),
+        _ => Ok(()),
+    }
+}
