@@ -112,8 +112,21 @@ pub fn close(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     };
     if unused {
         close_fd(plain, sock)?;
+        forget_closed(sock);
     }
     Ok(())
+}
+
+/// A plain socket closed by [`close`] holds nothing but an int and a bool
+/// (its slots; it has no `__dict__`), so it can be in no reference cycle:
+/// the cycle collector need not look at it any more. A server connection's
+/// socket usually dies as garbage of its protocol's cycle, with the
+/// transport; it is then freed with the transport's extra info instead of
+/// being traversed by each collection first.
+fn forget_closed(sock: &Bound<'_, PyAny>) {
+    // SAFETY: `sock` is a live object of a GC type (socket.socket);
+    // untracking an object that is not tracked does nothing.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(sock.as_ptr().cast()) };
 }
 
 /// `_socket.socket.close(sock)`: the object gives up its fd (`detach`),
