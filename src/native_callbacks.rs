@@ -1,9 +1,11 @@
-//! Callbacks the loop runs as plain Rust calls: the fd callbacks of
-//! ferroloop's own transports, which are their cores' bound `_read_ready`
-//! and `_write_ready` methods. The handle holds (and shows) the bound
-//! method, as asyncio's handle holds its transport's; only the call skips
-//! Python's call protocol (dispatch, argument parsing, the binding layer's
-//! entry), which cost several hundred instructions per event.
+//! Callbacks the loop runs as plain Rust calls: those of ferroloop's own
+//! transports, which are their cores' bound methods (the fd callbacks
+//! `_read_ready` and `_write_ready`, and `_start_reading` and
+//! `_call_connection_lost`, which each connection schedules once). The
+//! handle holds (and shows) the bound method, as asyncio's handle holds its
+//! transport's; only the call skips Python's call protocol (dispatch,
+//! argument parsing, the binding layer's entry), which cost several
+//! hundred instructions per callback.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
@@ -13,14 +15,19 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
-/// The Rust function behind a method, called with the object it is bound to.
-pub type NativeFn = fn(&Bound<'_, PyAny>) -> PyResult<()>;
+/// The Rust function behind a method, called with the object it is bound
+/// to (and the method's one argument).
+#[derive(Clone, Copy)]
+pub enum NativeFn {
+    NoArgs(fn(&Bound<'_, PyAny>) -> PyResult<()>),
+    OneArg(fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<()>),
+}
 
 /// `(address of the method's PyMethodDef, its function)`
 static NATIVE: OnceLock<Vec<(usize, NativeFn)>> = OnceLock::new();
 
-/// Registers each `type_.<name>` (a method taking no arguments) with the
-/// function to call instead; once, when the module is initialised.
+/// Registers each `type_.<name>` (a method taking no arguments, or one)
+/// with the function to call instead; once, when the module is initialised.
 pub fn init(methods: &[(Bound<'_, PyType>, &str, NativeFn)]) -> PyResult<()> {
     let mut table = Vec::with_capacity(methods.len());
     for (type_, name, native) in methods {
@@ -41,7 +48,7 @@ pub fn init(methods: &[(Bound<'_, PyType>, &str, NativeFn)]) -> PyResult<()> {
 }
 
 /// `func(*args)` as a Rust call, if `func` is one of those methods, bound,
-/// and `args` is empty; None for anything else.
+/// and given as many arguments as it takes; None for anything else.
 pub fn call(func: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> Option<PyResult<()>> {
     let table = NATIVE.get()?;
     let ptr = func.as_ptr();
@@ -55,12 +62,20 @@ pub fn call(func: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> Option<PyResu
         (method.m_ml as usize, method.m_self)
     };
     let native = table.iter().find(|(d, _)| *d == def)?.1;
-    if bound_to.is_null() || !args.is_empty() {
+    let arity_matches = match native {
+        NativeFn::NoArgs(_) => args.is_empty(),
+        NativeFn::OneArg(_) => args.len() == 1,
+    };
+    if bound_to.is_null() || !arity_matches {
         return None;
     }
     // SAFETY: `m_self` is a reference the method object holds; `func` is
     // alive for this call, so is it. (A method of a class is bound only to
     // its instances, which is what `native` expects.)
     let obj = unsafe { Bound::from_borrowed_ptr(func.py(), bound_to) };
-    Some(catch_unwind(AssertUnwindSafe(|| native(&obj))).unwrap_or_else(|panic| Err(crate::pyhelpers::panic_to_pyerr(panic))))
+    let run = || match native {
+        NativeFn::NoArgs(f) => f(&obj),
+        NativeFn::OneArg(f) => f(&obj, &args.get_item(0)?),
+    };
+    Some(catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| Err(crate::pyhelpers::panic_to_pyerr(panic))))
 }

@@ -216,6 +216,64 @@ def test_base_exceptions_from_a_transports_read(same, kind, exc):
                               ("received", b"stop"), ("closing", False)]
 
 
+@pytest.mark.parametrize("kind", ["stream", "datagram"])
+@pytest.mark.parametrize("exc", [ValueError, KeyboardInterrupt])
+def test_exception_from_connection_made_and_lost(same, kind, exc):
+    """`connection_made` and `connection_lost` raising: an Exception goes to
+    the exception handler (the message names the callback; the transport
+    classes' names differ), KeyboardInterrupt out of run_until_complete;
+    reading starts and the socket is closed anyway."""
+    import re
+    import socket
+
+    def scenario(loop, trace):
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                raise exc("made")
+
+            def data_received(self, data):
+                trace.append(("received", data))
+
+            datagram_received = lambda self, data, addr: self.data_received(data)
+
+            def connection_lost(self, e):
+                trace.append(("lost", e))
+                raise exc("lost")
+
+        def handler(lp, ctx):
+            message = re.sub(r"\w+\._call_connection_lost", "_call_connection_lost", ctx["message"])
+            message = re.sub(r"\(<.*>\)$", "(<transport>)", message)
+            trace.append(("handler", message, repr(ctx.get("exception"))))
+
+        loop.set_exception_handler(handler)
+        a, b = socket.socketpair(type=socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM)
+        if kind == "stream":
+            make = loop.create_unix_connection(Proto, sock=a)
+        else:
+            make = loop.create_datagram_endpoint(Proto, sock=a)
+        made = loop.create_task(make)
+        for _ in range(2):
+            try:
+                transport, proto = loop.run_until_complete(made)
+                break
+            except BaseException as e:
+                trace.append(("raised", type(e).__name__))
+        b.send(b"data")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        transport.close()
+        for _ in range(2):
+            try:
+                loop.run_until_complete(asyncio.sleep(0.01))
+                break
+            except BaseException as e:
+                trace.append(("raised", type(e).__name__))
+        trace.append(("socket closed", a.fileno() == -1))
+        b.close()
+
+    same(scenario)
+
+
 def test_base_exception_from_run_until_complete(same):
     def scenario(loop, trace):
         async def main():

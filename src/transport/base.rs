@@ -436,6 +436,18 @@ impl<B: WriteQueue, X> Core<B, X> {
 /// [`Core`]: the methods given, then those every transport has, delegated.
 macro_rules! transport_pymethods {
     ($ty:ty, $($specific:tt)*) => {
+        /// The methods each connection schedules once, called by the loop as
+        /// Rust functions (`native_callbacks`).
+        impl $ty {
+            pub(crate) fn native_start_reading(core: &::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
+                Self::_start_reading(core.cast()?)
+            }
+
+            pub(crate) fn native_call_connection_lost(core: &::pyo3::Bound<'_, ::pyo3::PyAny>, exc: &::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
+                core.cast::<Self>()?.get()._call_connection_lost(core.py(), exc.clone())
+            }
+        }
+
         #[::pyo3::pymethods]
         impl $ty {
             $($specific)*

@@ -12,7 +12,7 @@
 //! - [`pipe`]: pipes, FIFOs and character devices (`connect_read_pipe`, `connect_write_pipe`, subprocess stdio),
 //! - [`write_buffer`]: the queue of unsent bytes, sent with vectored sends,
 //! - [`socket_io`]: the system calls (sockets, and raw fds for pipes), errors as Python raises them,
-//! - [`native_callbacks`]: the cores' fd callbacks, which the loop calls as Rust functions.
+//! - [`native_callbacks`]: the cores' methods the loop calls as Rust functions.
 
 pub mod base;
 pub mod core_method;
@@ -32,15 +32,23 @@ use pyo3::types::PyType;
 
 use crate::native_callbacks::NativeFn;
 
-/// The cores' fd callbacks, which the loop calls as Rust functions.
+/// The cores' methods the loop calls as Rust functions: the fd callbacks,
+/// and the first and last callback of each connection.
 pub fn native_callbacks(py: Python<'_>) -> Vec<(Bound<'_, PyType>, &'static str, NativeFn)> {
+    use NativeFn::{NoArgs, OneArg};
+    let stream = py.get_type::<stream::StreamTransportCore>();
+    let datagram = py.get_type::<datagram::DatagramTransportCore>();
     vec![
-        (py.get_type::<stream::StreamTransportCore>(), "_read_ready", stream::read_ready),
-        (py.get_type::<stream::StreamTransportCore>(), "_write_ready", stream::write_ready),
-        (py.get_type::<datagram::DatagramTransportCore>(), "_read_ready", datagram::read_ready),
-        (py.get_type::<datagram::DatagramTransportCore>(), "_write_ready", datagram::write_ready),
-        (py.get_type::<pipe::read::ReadPipeCore>(), "_read_ready", pipe::read::read_ready),
-        (py.get_type::<pipe::write::WritePipeCore>(), "_write_ready", pipe::write::write_ready),
-        (py.get_type::<pipe::write::WritePipeCore>(), "_read_ready", pipe::write::read_ready),
+        (stream.clone(), "_read_ready", NoArgs(stream::read_ready)),
+        (stream.clone(), "_write_ready", NoArgs(stream::write_ready)),
+        (stream.clone(), "_start_reading", NoArgs(stream::StreamTransportCore::native_start_reading)),
+        (stream, "_call_connection_lost", OneArg(stream::StreamTransportCore::native_call_connection_lost)),
+        (datagram.clone(), "_read_ready", NoArgs(datagram::read_ready)),
+        (datagram.clone(), "_write_ready", NoArgs(datagram::write_ready)),
+        (datagram.clone(), "_start_reading", NoArgs(datagram::DatagramTransportCore::native_start_reading)),
+        (datagram, "_call_connection_lost", OneArg(datagram::DatagramTransportCore::native_call_connection_lost)),
+        (py.get_type::<pipe::read::ReadPipeCore>(), "_read_ready", NoArgs(pipe::read::read_ready)),
+        (py.get_type::<pipe::write::WritePipeCore>(), "_write_ready", NoArgs(pipe::write::write_ready)),
+        (py.get_type::<pipe::write::WritePipeCore>(), "_read_ready", NoArgs(pipe::write::read_ready)),
     ]
 }
