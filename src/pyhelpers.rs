@@ -185,6 +185,20 @@ pub fn descriptor_set(descriptor: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>, val
     Ok(())
 }
 
+/// Takes an object of a class whose instances are tracked by the cycle
+/// collector off its lists: for one that can no longer be in a reference
+/// cycle (it holds only atomic values), which is then freed by its
+/// reference count alone.
+pub fn untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: `obj` is live, and has the collector's header (checked first:
+    // untracking reads it); untracking an untracked object does nothing.
+    unsafe {
+        if ffi::PyObject_IS_GC(obj.as_ptr()) != 0 {
+            ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+        }
+    }
+}
+
 /// `type_.__new__(type_)` by the type's slot, as `type_()` starts (then
 /// calls `__init__`), for a type whose `__new__` takes no arguments (as
 /// `object`'s and `_socket.socket`'s); `Type.__new__(Type)` in Python

@@ -124,9 +124,7 @@ pub fn close(sock: &Bound<'_, PyAny>) -> PyResult<()> {
 /// transport; it is then freed with the transport's extra info instead of
 /// being traversed by each collection first.
 fn forget_closed(sock: &Bound<'_, PyAny>) {
-    // SAFETY: `sock` is a live object of a GC type (socket.socket);
-    // untracking an object that is not tracked does nothing.
-    unsafe { pyo3::ffi::PyObject_GC_UnTrack(sock.as_ptr().cast()) };
+    pyhelpers::untrack(sock);
 }
 
 /// `_socket.socket.close(sock)`: the object gives up its fd (`detach`),

@@ -23,9 +23,10 @@ use crate::sockaddr;
 
 /// asyncio's names used here, taken when ferroloop is imported.
 struct AsyncioNames {
-    /// `asyncio.trsock.TransportSocket` and its `__init__`.
+    /// `asyncio.trsock.TransportSocket`, its `__init__` and its one slot, `_sock`.
     transport_socket: Py<PyType>,
     transport_socket_init: Py<PyAny>,
+    transport_socket_sock: Py<PyAny>,
     /// `asyncio.futures._set_result_unless_cancelled`
     set_result: Py<PyAny>,
 }
@@ -43,6 +44,7 @@ fn asyncio_names(py: Python<'_>) -> PyResult<&AsyncioNames> {
         let transport_socket = py.import("asyncio.trsock")?.getattr("TransportSocket")?.cast_into::<PyType>()?;
         Ok::<_, PyErr>(AsyncioNames {
             transport_socket_init: transport_socket.getattr("__init__")?.unbind(),
+            transport_socket_sock: transport_socket.getattr("_sock")?.unbind(),
             transport_socket: transport_socket.unbind(),
             set_result: py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind(),
         })
@@ -60,7 +62,7 @@ fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
         return type_.call1((sock,));
     }
     let wrapper = crate::pyhelpers::new_object(type_)?;
-    wrapper.setattr(intern!(py, "_sock"), sock)?;
+    crate::pyhelpers::descriptor_set(names.transport_socket_sock.bind(py), &wrapper, sock)?;
     Ok(wrapper)
 }
 
