@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -18,7 +18,7 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|m| m.bind(py))
 }
 
-static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FUTURE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static TASKS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 /// Keyword names for the calls below, built once.
 static KWNAMES: PyOnceLock<[Py<PyTuple>; 4]> = PyOnceLock::new();
@@ -51,11 +51,31 @@ fn kwnames(py: Python<'_>, name: bool, context: bool) -> PyResult<&Bound<'_, PyT
     Ok(all[name as usize + 2 * context as usize].bind(py))
 }
 
-/// `asyncio.Future(loop=loop)`: the C-accelerated future, bound to our loop.
-pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+/// `asyncio.Future(loop=loop)`: the C-accelerated future, bound to our
+/// loop. `loop_kwargs` is `{'loop': loop}`, which the loop keeps: the type's
+/// `__new__` and `__init__` slots are called as `type(...)` calls them, but
+/// with that dict instead of one made for each call (`__init__` only reads
+/// its keyword arguments; a Python one gets a copy).
+pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>, loop_kwargs: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_obj.py();
-    let future_type = FUTURE_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio")?.getattr("Future")?.unbind()))?;
-    call_with_keywords(future_type.bind(py), &[], kwnames(py, false, false)?, &[loop_obj])
+    let future_type = FUTURE_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio")?.getattr("Future")?.cast_into::<PyType>()?.unbind()))?;
+    let type_ptr = future_type.as_ptr().cast::<ffi::PyTypeObject>();
+    let args = PyTuple::empty(py);
+    // SAFETY: a live type object, whose full struct is readable (not built
+    // for the limited API); its slots take borrowed (type or object, args
+    // tuple, kwargs dict) and return a new reference / 0, or NULL / -1 with
+    // an exception set. `__init__` runs only on what `__new__` made of this
+    // very type, as `type.__call__` does.
+    unsafe {
+        let (Some(new), Some(init)) = ((*type_ptr).tp_new, (*type_ptr).tp_init) else {
+            return call_with_keywords(future_type.bind(py).as_any(), &[], kwnames(py, false, false)?, &[loop_obj]);
+        };
+        let future = Bound::from_owned_ptr_or_err(py, new(type_ptr, args.as_ptr(), loop_kwargs.as_ptr()))?;
+        if ffi::Py_TYPE(future.as_ptr()) == type_ptr && init(future.as_ptr(), args.as_ptr(), loop_kwargs.as_ptr()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(future)
+    }
 }
 
 /// `asyncio.tasks.Task(coro, loop=loop, name=name[, context=context])`,

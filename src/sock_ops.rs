@@ -18,7 +18,6 @@ use pyo3::types::{PyBytes, PyInt};
 
 use crate::event_loop::{self, LoopCore};
 use crate::handles::Handle;
-use crate::pyhelpers;
 use crate::transport::base::must_propagate;
 use crate::transport::socket_io::{self, os_error, would_block};
 
@@ -200,7 +199,7 @@ fn start(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, mut op: Op) -> PyRes
         Attempt::Failed(e) => return Err(e),
         Attempt::NotReady => {}
     }
-    let future = pyhelpers::new_future(lp.as_any())?;
+    let future = event_loop::new_future(lp)?;
     ensure_no_transport(lp, fd)?;
     let writable = op.writable();
     let wait = Bound::new(py, SockWait {

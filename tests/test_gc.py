@@ -91,3 +91,24 @@ def test_close_releases_every_fd(factory):
     # releases the poller, its wake-up fds and the self-pipe.
     assert set(os.listdir("/proc/self/fd")) <= before
     del lp
+
+
+def test_loop_that_made_futures_is_collected(factory):
+    """A loop keeps what its futures are initialised with (`{'loop': loop}`,
+    a reference cycle): it is still freed once closed and dropped, with a
+    future of its own still alive or not, as on the standard loop."""
+    lp = factory()
+    kept = lp.create_future()
+    lp.run_until_complete(_done(lp))
+    ref = weakref.ref(lp)
+    lp.close()
+    del lp
+    assert not collected(ref)  # (the future holds its loop)
+    del kept
+    assert collected(ref)
+
+
+async def _done(lp):
+    fut = lp.create_future()
+    lp.call_soon(fut.set_result, 1)
+    return await fut

@@ -107,6 +107,9 @@ pub struct LoopCore {
     /// What `set_debug` was given when it was not a bool (asyncio keeps the
     /// value and `get_debug()` returns it); the flag itself is in `shared`.
     debug_value: Mutex<Option<Py<PyAny>>>,
+    /// `{'loop': self}`, which every future the loop makes is initialised
+    /// with (`pyhelpers::new_future`), made once.
+    future_kwargs: Mutex<Option<Py<PyAny>>>,
 }
 
 impl LoopCore {
@@ -200,6 +203,7 @@ impl LoopCore {
             py311_plus: py.version_info() >= (3, 11),
             python_time: AtomicBool::new(false),
             debug_value: Mutex::new(None),
+            future_kwargs: Mutex::new(None),
         })
     }
 
@@ -338,7 +342,7 @@ impl LoopCore {
     }
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        crate::pyhelpers::new_future(slf.as_any())
+        new_future(slf)
     }
 
     #[pyo3(signature = (coro, *, name=None, context=None))]
@@ -519,7 +523,7 @@ impl LoopCore {
         if let Ok(f) = self.fds.try_lock() {
             f.traverse(&visit)?;
         }
-        for held in [&self.current_handle, &self.task_factory, &self.debug_value, &self.slow_callback_duration] {
+        for held in [&self.current_handle, &self.task_factory, &self.debug_value, &self.slow_callback_duration, &self.future_kwargs] {
             if let Ok(h) = held.try_lock() {
                 if let Some(h) = h.as_ref() {
                     visit.call(h)?;
@@ -535,8 +539,26 @@ impl LoopCore {
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
         let debug_value = self.debug_value.try_lock().ok().and_then(|mut d| d.take());
         let slow = self.slow_callback_duration.try_lock().ok().and_then(|mut d| d.take());
-        drop((taken, fds, factory, debug_value, slow));
+        let future_kwargs = self.future_kwargs.try_lock().ok().and_then(|mut k| k.take());
+        drop((taken, fds, factory, debug_value, slow, future_kwargs));
     }
+}
+
+/// `asyncio.Future(loop=lp)`, initialised with the loop's own `{'loop': lp}`.
+pub(crate) fn new_future<'py>(lp: &Bound<'py, LoopCore>) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let kwargs = {
+        let mut kept = lock(&lp.get().future_kwargs);
+        match kept.as_ref() {
+            Some(kwargs) => kwargs.clone_ref(py),
+            None => {
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item(pyo3::intern!(py, "loop"), lp)?;
+                kept.insert(kwargs.into_any().unbind()).clone_ref(py)
+            }
+        }
+    };
+    crate::pyhelpers::new_future(lp.as_any(), kwargs.bind(py).cast()?)
 }
 
 /// `loop.call_soon(callback, *args)` for Rust's own callbacks (the class's
