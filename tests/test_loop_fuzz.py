@@ -594,7 +594,9 @@ def make_ft_program(prog, debug=False):
                         if f is not None:
                             trace.append((i, "fut", await f))
                     elif k == "await_task":
-                        other = pick(tasks, step[1])
+                        # Only an earlier task: two tasks awaiting each other
+                        # would hang the program on every loop.
+                        other = pick(tasks[:i], step[1])
                         if other is not None and other is not t:
                             trace.append((i, "task", await other))
                     elif k == "set_result":
