@@ -11,10 +11,10 @@ the transport if it fails. Here that first step is a plain callback
 callback of the waiter, which runs in the iteration the task would have
 resumed in; a plain TCP or Unix transport has no waiter (it cannot fail),
 which saves the task, the future and an iteration per connection. For a
-plain TCP or Unix server, the batch and that callback are Rust's (accept.rs:
-the loop's `_accept_connection`, and `open_accepted`). With a task factory set, the factory is shown the task,
-as on the standard loop; debug mode, whose accept logs each connection,
-runs asyncio's method."""
+plain TCP or Unix server, the batch and that callback are Rust's
+(accept.rs: the loop's `_accept_connection`, and `open_accepted`). With a
+task factory set, the factory is shown the task, as on the standard loop;
+debug mode, whose accept logs each connection, runs asyncio's method."""
 
 import functools
 
