@@ -4,7 +4,9 @@
 //! `_args`, `_cancelled`, `_source_traceback`, `_when`, ...).
 //!
 //! Handles are the most allocated objects of a running loop, so they are
-//! taken off Python's cycle collector as soon as they are made ([`untrack`];
+//! taken off Python's cycle collector as soon as they are made
+//! ([`pyhelpers::untrack`]; PyO3's deallocator untracks through the same
+//! function, so either state is fine for a handle's whole life;
 //! tracking showed up as a third of the time of `call_soon`). That is safe
 //! because a handle never holds its loop strongly (it shares [`LoopShared`]
 //! instead) and drops its callback once it has run, is cancelled, or the
@@ -24,7 +26,6 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::PyClass;
 use pyo3::types::{PyFloat, PyTuple, PyWeakrefReference};
 
 use crate::native_callbacks;
@@ -58,15 +59,6 @@ impl LoopShared {
             None => Ok(py.None()),
         }
     }
-}
-
-/// Take a new handle off the cycle collector's lists (see the module docs).
-pub fn untrack<T: PyClass>(handle: &Py<T>) {
-    // SAFETY: the object is alive (we hold a reference) and we are attached
-    // to the interpreter. PyObject_GC_UnTrack is a no-op on an untracked
-    // object, and PyO3's deallocator untracks through the same function, so
-    // either state is fine for the object's whole life.
-    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
 }
 
 /// The callable and its arguments; dropped on `cancel()` so a cancelled
@@ -139,7 +131,7 @@ impl Handle {
             }
         }
         let handle = Py::new(py, Handle::new(callback.func, callback.args, context, shared.clone(), true, source_traceback))?;
-        untrack(&handle);
+        pyhelpers::untrack(&handle);
         Ok(handle)
     }
 

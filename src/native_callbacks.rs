@@ -7,7 +7,6 @@
 //! argument parsing, the binding layer's entry), which cost several
 //! hundred instructions per callback.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use pyo3::exceptions::PyTypeError;
@@ -77,5 +76,5 @@ pub fn call(func: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> Option<PyResu
         NativeFn::NoArgs(f) => f(&obj),
         NativeFn::OneArg(f) => f(&obj, &args.get_item(0)?),
     };
-    Some(catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| Err(crate::pyhelpers::panic_to_pyerr(panic))))
+    Some(crate::pyhelpers::catching_panics(run))
 }

@@ -51,13 +51,13 @@ fn kwnames(py: Python<'_>, name: bool, context: bool) -> PyResult<&Bound<'_, PyT
     Ok(all[name as usize + 2 * context as usize].bind(py))
 }
 
-/// `asyncio.Future(loop=loop)`: the C-accelerated future, bound to our
-/// loop. `loop_kwargs` is `{'loop': loop}`, which the loop keeps: the type's
+/// `asyncio.Future(**loop_kwargs)`, the C-accelerated future bound to our
+/// loop: `loop_kwargs` is `{'loop': loop}`, which the loop keeps. The type's
 /// `__new__` and `__init__` slots are called as `type(...)` calls them, but
 /// with that dict instead of one made for each call (`__init__` only reads
 /// its keyword arguments; a Python one gets a copy).
-pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>, loop_kwargs: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
-    let py = loop_obj.py();
+pub fn new_future<'py>(loop_kwargs: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_kwargs.py();
     let future_type = FUTURE_TYPE.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio")?.getattr("Future")?.cast_into::<PyType>()?.unbind()))?;
     let type_ptr = future_type.as_ptr().cast::<ffi::PyTypeObject>();
     let args = PyTuple::empty(py);
@@ -68,7 +68,7 @@ pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>, loop_kwargs: &Bound<'py, Py
     // very type, as `type.__call__` does.
     unsafe {
         let (Some(new), Some(init)) = ((*type_ptr).tp_new, (*type_ptr).tp_init) else {
-            return call_with_keywords(future_type.bind(py).as_any(), &[], kwnames(py, false, false)?, &[loop_obj]);
+            return future_type.bind(py).call((), Some(loop_kwargs));
         };
         let future = Bound::from_owned_ptr_or_err(py, new(type_ptr, args.as_ptr(), loop_kwargs.as_ptr()))?;
         if ffi::Py_TYPE(future.as_ptr()) == type_ptr && init(future.as_ptr(), args.as_ptr(), loop_kwargs.as_ptr()) < 0 {
@@ -107,6 +107,25 @@ pub fn tuple_from_slice<'py>(py: Python<'py>, items: &[*mut ffi::PyObject]) -> P
             ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
         }
         Ok(tuple.cast_into_unchecked())
+    }
+}
+
+/// `run()`, a Rust panic in it turned into a PanicException (as PyO3's own
+/// entry points turn it): for code CPython calls without PyO3 in between,
+/// so that nothing unwinds into Python.
+pub fn catching_panics<T>(run: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| Err(panic_to_pyerr(panic)))
+}
+
+/// What a C function CPython calls returns for `result`: a new reference,
+/// or NULL with the exception set.
+pub fn into_c_result(py: Python<'_>, result: PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+    match result {
+        Ok(object) => object.into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
     }
 }
 
@@ -205,16 +224,21 @@ pub fn descriptor_set(descriptor: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>, val
     Ok(())
 }
 
-/// Takes an object of a class whose instances are tracked by the cycle
-/// collector off its lists: for one that can no longer be in a reference
-/// cycle (it holds only atomic values), which is then freed by its
-/// reference count alone.
-pub fn untrack(obj: &Bound<'_, PyAny>) {
-    // SAFETY: `obj` is live, and has the collector's header (checked first:
-    // untracking reads it); untracking an untracked object does nothing.
+/// Takes an object off the cycle collector's lists: for one that can be in
+/// no reference cycle (for as long as that holds), which is then freed by
+/// its reference count alone. An object the collector does not track is
+/// left as it is.
+#[inline]
+pub fn untrack<T>(obj: &Py<T>) {
+    let ptr = obj.as_ptr();
+    // SAFETY: `obj` is live and we are attached. Only an object with the
+    // collector's header is untracked (PyObject_IS_GC's test: its type's GC
+    // flag, and `tp_is_gc` for the types whose instances differ), because
+    // untracking reads that header; it does nothing for an untracked object.
     unsafe {
-        if ffi::PyObject_IS_GC(obj.as_ptr()) != 0 {
-            ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+        let type_ = ffi::Py_TYPE(ptr);
+        if ffi::PyType_IS_GC(type_) != 0 && (*type_).tp_is_gc.map_or(true, |is_gc| is_gc(ptr) != 0) {
+            ffi::PyObject_GC_UnTrack(ptr.cast());
         }
     }
 }

@@ -124,7 +124,7 @@ pub fn close(sock: &Bound<'_, PyAny>) -> PyResult<()> {
 /// transport; it is then freed with the transport's extra info instead of
 /// being traversed by each collection first.
 fn forget_closed(sock: &Bound<'_, PyAny>) {
-    pyhelpers::untrack(sock);
+    pyhelpers::untrack(sock.as_unbound());
 }
 
 /// `_socket.socket.close(sock)`: the object gives up its fd (`detach`),

@@ -558,7 +558,7 @@ pub(crate) fn new_future<'py>(lp: &Bound<'py, LoopCore>) -> PyResult<Bound<'py, 
             }
         }
     };
-    crate::pyhelpers::new_future(lp.as_any(), kwargs.bind(py).cast()?)
+    crate::pyhelpers::new_future(kwargs.bind(py).cast()?)
 }
 
 /// `loop.call_soon(callback, *args)` for Rust's own callbacks (the class's

@@ -3,8 +3,6 @@
 //! closed check first, then debug-mode thread/callback checks).
 
 use std::ffi::CStr;
-use std::panic::{self, AssertUnwindSafe};
-use std::ptr;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -14,7 +12,7 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::{Borrowed, PyClassInitializer};
 
 use super::{lock, reject_none, time_source, LoopCore, Ready};
-use crate::handles::{untrack, Callback, Handle, TimerHandle};
+use crate::handles::{Callback, Handle, TimerHandle};
 use crate::timer_heap::Deadline;
 use crate::pyhelpers;
 
@@ -39,7 +37,7 @@ fn handle_env(slf: &Bound<'_, LoopCore>, context: Option<Bound<'_, PyAny>>) -> P
 /// A handle for an fd callback, which runs every time the fd is ready.
 pub fn new_fd_handle(slf: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
     let handle = Py::new(slf.py(), make_handle(slf, callback, args, None, false)?)?;
-    untrack(&handle);
+    pyhelpers::untrack(&handle);
     Ok(handle)
 }
 
@@ -129,21 +127,11 @@ unsafe fn fastcall(slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nar
     // is sound, only later. The scheduling path drops Bounds instead, bar
     // error paths.
     let py = unsafe { Python::assume_attached() };
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+    let outcome = pyhelpers::catching_panics(|| {
         // SAFETY: the caller's contract, passed on.
         unsafe { call_soon_vector(py, slf, args, nargs, kwnames, threadsafe) }
-    }));
-    match outcome {
-        Ok(Ok(handle)) => handle.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            ptr::null_mut()
-        }
-        Err(payload) => {
-            pyhelpers::panic_to_pyerr(payload).restore(py);
-            ptr::null_mut()
-        }
-    }
+    });
+    pyhelpers::into_c_result(py, outcome.map(Py::into_any))
 }
 
 /// Parse `(callback, *args, context=None)` from the vector and schedule.
@@ -281,7 +269,7 @@ fn schedule_at(slf: &Bound<'_, LoopCore>, when: f64, when_obj: Option<Bound<'_, 
     let timer = TimerHandle::new(deadline, when_obj.map(Bound::unbind));
     let init = PyClassInitializer::from(make_handle(slf, callback, args, context, true)?).add_subclass(timer);
     let timer = Py::new(py, init)?;
-    untrack(&timer);
+    pyhelpers::untrack(&timer);
     lock(&core.sched).timers.push(deadline, timer.clone_ref(py));
     Ok(timer)
 }

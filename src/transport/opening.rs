@@ -78,7 +78,7 @@ pub fn open_stream_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyA
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn open_stream(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, known_tcp: Option<bool>, protocol: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, server: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let fd = init_selector_transport(transport, loop_, sock, extra)?;
+    let (fd, _) = init_selector_transport(transport, loop_, sock, extra)?;
     let core = Bound::new(py, StreamTransportCore::with_fd(loop_, sock, fd, known_tcp, transport, protocol)?)?;
     bind_core(transport, core.as_any(), sock)?;
     super::server_link::attach_server(transport, server)?;
@@ -92,9 +92,8 @@ pub(crate) fn open_stream(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>
 #[allow(clippy::too_many_arguments)]
 pub fn open_datagram_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>, header_bytes: usize, send_empty: bool) -> PyResult<()> {
     let py = transport.py();
-    let fd = init_selector_transport(transport, loop_, sock, extra)?;
+    let (fd, extra) = init_selector_transport(transport, loop_, sock, extra)?;
     transport.setattr(intern!(py, "_address"), address)?;
-    let extra = slots::get(transport, Slot::Extra)?.unwrap_or_else(|| py.None().into_bound(py));
     let connected = extra.get_item(intern!(py, "peername"))?.is_truthy()?;
     let address = (!address.is_none()).then(|| address.clone().unbind());
     let core = DatagramTransportCore::new(loop_.clone(), sock.clone(), transport.clone(), protocol.clone(), address, connected, header_bytes, send_empty)?;
@@ -106,7 +105,8 @@ pub fn open_datagram_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, P
 
 /// `_SelectorTransport.__init__`'s part: `_extra` with the socket, its
 /// name and the peer's (None where the call fails), `_loop` and `_sock_fd`.
-fn init_selector_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, extra: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// Returns the fd and `_extra`.
+fn init_selector_transport<'py>(transport: &Bound<'py, PyAny>, loop_: &Bound<'py, PyAny>, sock: &Bound<'py, PyAny>, extra: &Bound<'py, PyAny>) -> PyResult<(RawFd, Bound<'py, PyAny>)> {
     let py = transport.py();
     // BaseTransport.__init__: the caller's dict itself, or a new one.
     let extra = if extra.is_none() { PyDict::new(py).into_any() } else { extra.clone() };
@@ -119,7 +119,7 @@ fn init_selector_transport(transport: &Bound<'_, PyAny>, loop_: &Bound<'_, PyAny
     }
     slots::set(transport, Slot::Loop, loop_)?;
     slots::set(transport, Slot::SockFd, fd.into_pyobject(py)?.as_any())?;
-    Ok(fd)
+    Ok((fd, extra))
 }
 
 /// `sock.getsockname()`: for a plain socket of the common families, made

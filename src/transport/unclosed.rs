@@ -5,8 +5,6 @@
 //! connection. An unclosed transport runs its `_warn_unclosed()` (Python):
 //! the ResourceWarning, closing its socket, leaving its server.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -42,14 +40,8 @@ unsafe extern "C" fn del(transport: *mut ffi::PyObject, _no_args: *mut ffi::PyOb
     // method descriptor checked).
     let py = unsafe { Python::assume_attached() };
     let transport = unsafe { Bound::from_borrowed_ptr(py, transport) };
-    let result = catch_unwind(AssertUnwindSafe(|| finalize(&transport))).unwrap_or_else(|panic| Err(crate::pyhelpers::panic_to_pyerr(panic)));
-    match result {
-        Ok(()) => py.None().into_ptr(),
-        Err(e) => {
-            e.restore(py);
-            std::ptr::null_mut()
-        }
-    }
+    let result = crate::pyhelpers::catching_panics(|| finalize(&transport));
+    crate::pyhelpers::into_c_result(py, result.map(|()| py.None()))
 }
 
 fn finalize(transport: &Bound<'_, PyAny>) -> PyResult<()> {
