@@ -16,7 +16,8 @@ percent; the kernel's share (system calls, TCP) is not counted. Cases:
 - tls:        1 KiB echo round trips on one TLS connection;
 - proto, stream, sock: 1 KiB echo round trips on one TCP connection, to a
   Protocol, a streams (StreamReader/StreamWriter) and a sock_recv/sock_sendall
-  server.
+  server;
+- udp:        1 KiB datagram round trips to a create_datagram_endpoint echo.
 
 Needs valgrind (Debian: `apt-get install valgrind`); callgrind runs the
 server about 50 times slower, so a case takes seconds, not minutes.
@@ -93,10 +94,19 @@ def tcp_echo(address, n, size=1024):
         _echo_round_trips(s, n, size)
 
 
+def udp_echo(address, n, size=1024):
+    message = b"x" * size
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        for _ in range(n):
+            s.send(message)
+            s.recv(65536)
+
+
 # case -> (servers.py kind, client)
 CASES = {"http-close": ("http-close", http_close), "http": ("http", http_keep_alive),
          "tls": ("tls", tls_echo), "proto": ("proto", tcp_echo), "stream": ("stream", tcp_echo),
-         "sock": ("sock", tcp_echo)}
+         "sock": ("sock", tcp_echo), "udp": ("udp", udp_echo)}
 
 
 def count(python, case, loop, messages, workdir, cert):

@@ -224,6 +224,24 @@ pub fn descriptor_set(descriptor: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>, val
     Ok(())
 }
 
+/// Whether the object has the cycle collector's header (PyObject_IS_GC's
+/// test: its type's GC flag, and `tp_is_gc` for the types whose instances
+/// differ), which the collector's tracking functions read.
+fn has_gc_header(ptr: *mut ffi::PyObject) -> bool {
+    // SAFETY: callers pass a live object and are attached; a type object's
+    // fields are readable (not built for the limited API).
+    unsafe {
+        let type_ = ffi::Py_TYPE(ptr);
+        ffi::PyType_IS_GC(type_) != 0 && (*type_).tp_is_gc.map_or(true, |is_gc| is_gc(ptr) != 0)
+    }
+}
+
+/// Whether the cycle collector tracks the object.
+fn is_tracked(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: live object, attached; checked to have the header first.
+    has_gc_header(obj.as_ptr()) && unsafe { ffi::PyObject_GC_IsTracked(obj.as_ptr()) } != 0
+}
+
 /// Takes an object off the cycle collector's lists: for one that can be in
 /// no reference cycle (for as long as that holds), which is then freed by
 /// its reference count alone. An object the collector does not track is
@@ -231,15 +249,20 @@ pub fn descriptor_set(descriptor: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>, val
 #[inline]
 pub fn untrack<T>(obj: &Py<T>) {
     let ptr = obj.as_ptr();
-    // SAFETY: `obj` is live and we are attached. Only an object with the
-    // collector's header is untracked (PyObject_IS_GC's test: its type's GC
-    // flag, and `tp_is_gc` for the types whose instances differ), because
-    // untracking reads that header; it does nothing for an untracked object.
-    unsafe {
-        let type_ = ffi::Py_TYPE(ptr);
-        if ffi::PyType_IS_GC(type_) != 0 && (*type_).tp_is_gc.map_or(true, |is_gc| is_gc(ptr) != 0) {
-            ffi::PyObject_GC_UnTrack(ptr.cast());
-        }
+    if has_gc_header(ptr) {
+        // SAFETY: live object with the header, attached; untracking an
+        // untracked object does nothing.
+        unsafe { ffi::PyObject_GC_UnTrack(ptr.cast()) }
+    }
+}
+
+/// Puts an object that [`untrack`] took off the collector's lists back on
+/// them, for when it may be in a cycle again.
+pub fn track_again<T>(obj: &Bound<'_, T>) {
+    if !is_tracked(obj.as_any()) && has_gc_header(obj.as_ptr()) {
+        // SAFETY: live, untracked, with the header: PyObject_GC_Track's
+        // requirements.
+        unsafe { ffi::PyObject_GC_Track(obj.as_ptr().cast()) }
     }
 }
 

@@ -112,3 +112,50 @@ async def _done(lp):
     fut = lp.create_future()
     lp.call_soon(fut.set_result, 1)
     return await fut
+
+
+class _KeepsTransport:
+    """A protocol that keeps its transport, and tells when its connection
+    is lost."""
+
+    def __init__(self, lost=None):
+        self.transport = None
+        self.lost = lost
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        pass
+
+    def eof_received(self):
+        pass
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_closed_connection_with_a_new_protocol_is_collected(factory):
+    """A connection lost, its transport given a new protocol that keeps it
+    (a cycle through the transport's reference to its protocol): the
+    collector frees both, as on the standard loop. The first protocol,
+    which the transport no longer refers to, is freed by its count."""
+    import socket
+    lp = factory()
+    try:
+        async def lose_connection():
+            a, b = socket.socketpair()
+            lost = lp.create_future()
+            transport, first = await lp.connect_accepted_socket(lambda: _KeepsTransport(lost), a)
+            b.close()
+            await lost
+            second = _KeepsTransport()
+            second.transport = transport
+            transport.set_protocol(second)
+            return weakref.ref(first), weakref.ref(second), weakref.ref(transport)
+        first, second, transport = lp.run_until_complete(lose_connection())
+        assert first() is None
+        assert second() is not None and transport() is not None  # (a cycle)
+        assert collected(second) and collected(transport)
+    finally:
+        lp.close()

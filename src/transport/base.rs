@@ -40,6 +40,12 @@ pub trait KindState {
     /// What to drop once the connection is lost (references that would
     /// keep the protocol alive); dropped by the caller with no lock held.
     fn release(&mut self) -> Box<dyn std::any::Any>;
+
+    /// Whether, released, it still holds an object that could be in a
+    /// reference cycle (then the core stays on the collector's lists).
+    fn keeps_references(&self) -> bool {
+        true
+    }
 }
 
 pub struct State<B, X> {
@@ -444,7 +450,15 @@ macro_rules! transport_pymethods {
             }
 
             pub(crate) fn native_call_connection_lost(core: &::pyo3::Bound<'_, ::pyo3::PyAny>, exc: &::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
-                core.cast::<Self>()?.get()._call_connection_lost(core.py(), exc.clone())
+                Self::_call_connection_lost(core.cast()?, exc.clone())
+            }
+
+            /// `set_protocol` after the connection was lost: the core holds
+            /// a reference again, so it can be in a cycle again.
+            fn holds_references_again(slf: &::pyo3::Bound<'_, Self>) {
+                if slf.get().core.released() {
+                    $crate::pyhelpers::track_again(slf);
+                }
             }
         }
 
@@ -501,8 +515,16 @@ macro_rules! transport_pymethods {
                 self.core.release();
             }
 
-            fn _call_connection_lost(&self, py: ::pyo3::Python<'_>, exc: ::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
-                self.core.call_connection_lost(py, &exc, || self.connection_lost_done(py))
+            fn _call_connection_lost(slf: &::pyo3::Bound<'_, Self>, exc: ::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
+                let (py, this) = (slf.py(), slf.get());
+                let result = this.core.call_connection_lost(py, &exc, || this.connection_lost_done(py));
+                // Released, the core holds no references: it can be in no
+                // cycle, and the transport object that keeps it often is in
+                // one (with its protocol) and waits for the collector.
+                if this.core.released() && !$crate::transport::base::KindState::keeps_references(&this.core.state().extra) {
+                    $crate::pyhelpers::untrack(slf.as_unbound());
+                }
+                result
             }
 
             fn get_protocol<'py>(&self, py: ::pyo3::Python<'py>) -> Option<::pyo3::Bound<'py, ::pyo3::PyAny>> {

@@ -76,11 +76,29 @@ impl KindState for DatagramState {
     fn release(&mut self) -> Box<dyn std::any::Any> {
         Box::new((self.last_from.take(), self.last_to.take()))
     }
+
+    /// (`address` is a tuple of str and int, or a str: never in a cycle)
+    fn keeps_references(&self) -> bool {
+        false
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct DatagramTransportCore {
     core: Core<DatagramQueue, DatagramState>,
+}
+
+impl DatagramTransportCore {
+    /// The protocol the transport calls from now on.
+    fn store_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let previous = {
+            let mut s = self.core.state();
+            s.protocol_connected = true;
+            s.protocol.replace(protocol.clone().unbind())
+        };
+        drop(previous);
+        Ok(())
+    }
 }
 
 /// The sender's address as the socket module's `recvfrom` reports it:
@@ -263,7 +281,7 @@ super::base::transport_pymethods! {
             last_to: None,
         };
         let this = DatagramTransportCore { core: Core::new(&loop_, &sock, &transport, extra)? };
-        this.set_protocol(&protocol)?;
+        this.store_protocol(&protocol)?;
         Ok(this)
     }
 
@@ -374,13 +392,9 @@ super::base::transport_pymethods! {
         Ok(())
     }
 
-    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let previous = {
-            let mut s = self.core.state();
-            s.protocol_connected = true;
-            s.protocol.replace(protocol.clone().unbind())
-        };
-        drop(previous);
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        slf.get().store_protocol(protocol)?;
+        Self::holds_references_again(slf);
         Ok(())
     }
 

@@ -95,6 +95,10 @@ impl KindState for StreamState {
     fn release(&mut self) -> Box<dyn std::any::Any> {
         Box::new(self.receiver.take())
     }
+
+    fn keeps_references(&self) -> bool {
+        self.empty_waiter.is_some()
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
@@ -108,10 +112,33 @@ impl StreamTransportCore {
     /// (`known_tcp`: whether the socket is TCP, when the caller made it.)
     pub(crate) fn with_fd(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, fd: RawFd, known_tcp: Option<bool>, transport: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
         let this = StreamTransportCore { core: Core::with_fd(loop_, sock, fd, transport, StreamState::default())? };
-        this.set_protocol(protocol)?;
+        this.store_protocol(protocol)?;
         // As asyncio's transport: no Nagle delay on TCP.
         socket_io::set_nodelay_if_tcp(sock, fd, known_tcp)?;
         Ok(this)
+    }
+
+    /// The protocol the transport calls from now on.
+    fn store_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = protocol.py();
+        let buffered_protocol = BUFFERED_PROTOCOL.import(py, "asyncio", "BufferedProtocol")?;
+        let buffered = protocol.is_instance(buffered_protocol)?;
+        let receiver = if let Ok(tls) = protocol.cast::<SSLProtocolCore>() {
+            Receiver::Tls(tls.clone().unbind())
+        } else if stream_reader::is_plain_stream_protocol(protocol)? {
+            Receiver::StreamReader
+        } else if buffered {
+            Receiver::Buffered
+        } else {
+            Receiver::DataReceived
+        };
+        let previous = {
+            let mut s = self.core.state();
+            s.protocol_connected = true;
+            (s.protocol.replace(protocol.clone().unbind()), s.extra.receiver.replace(receiver))
+        };
+        drop(previous);
+        Ok(())
     }
 
     /// Once the connection is lost: sendfile's wait for an empty buffer
@@ -448,25 +475,9 @@ super::base::transport_pymethods! {
 
     // ----- protocol ------------------------------------------------------------
 
-    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = protocol.py();
-        let buffered_protocol = BUFFERED_PROTOCOL.import(py, "asyncio", "BufferedProtocol")?;
-        let buffered = protocol.is_instance(buffered_protocol)?;
-        let receiver = if let Ok(tls) = protocol.cast::<SSLProtocolCore>() {
-            Receiver::Tls(tls.clone().unbind())
-        } else if stream_reader::is_plain_stream_protocol(protocol)? {
-            Receiver::StreamReader
-        } else if buffered {
-            Receiver::Buffered
-        } else {
-            Receiver::DataReceived
-        };
-        let previous = {
-            let mut s = self.core.state();
-            s.protocol_connected = true;
-            (s.protocol.replace(protocol.clone().unbind()), s.extra.receiver.replace(receiver))
-        };
-        drop(previous);
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        slf.get().store_protocol(protocol)?;
+        Self::holds_references_again(slf);
         Ok(())
     }
 
