@@ -198,3 +198,23 @@ def test_threadsafe_from_thread_in_debug_mode_allowed(loop, debug):
 
     assert loop.run_until_complete(main()) == 7
     t.join()
+
+
+def test_stop_from_another_thread_wakes_the_loop(impl):
+    """`loop.stop()` is not thread-safe in asyncio: called from another
+    thread, it only sets a flag, and a loop waiting in its poll sleeps until
+    its next event (here a timer 30 s away). ferroloop wakes the loop, which
+    stops at once (a documented difference: it does not reproduce the wait)."""
+    loop = impl.new_event_loop()
+    try:
+        ran = []
+        loop.call_later(30, ran.append, "timer")
+        t = threading.Timer(0.1, loop.stop)
+        t.start()
+        started = time.monotonic()
+        loop.run_forever()
+        t.join()
+        assert time.monotonic() - started < 5
+        assert ran == []
+    finally:
+        loop.close()
