@@ -5,6 +5,7 @@
 //! - [`slots`]: the attributes a socket transport's Python object gets on every connection, in slots,
 //! - [`unclosed`]: their Python class's `__del__` (the warning for a transport freed unclosed), in Rust,
 //! - [`server_link`]: a server-side transport's place in its `Server`'s count of connections,
+//! - [`weak_parts`]: the insides of the weakref containers those two steps update,
 //! - [`core_method`]: the transport objects' methods that are their core's, bound on first use,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
 //! - [`stream_reader`]: asyncio's `StreamReaderProtocol` fed without its Python frames,
@@ -21,6 +22,7 @@ pub mod opening;
 pub mod server_link;
 pub mod slots;
 pub mod unclosed;
+pub mod weak_parts;
 pub mod pipe;
 pub mod socket_io;
 pub mod stream;

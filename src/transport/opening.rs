@@ -6,7 +6,6 @@
 //! tenth of the instructions a short HTTP connection costs the server.
 
 use std::os::fd::RawFd;
-use std::sync::{Mutex, PoisonError};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::intern;
@@ -17,6 +16,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use super::datagram::DatagramTransportCore;
 use super::slots::{self, Slot};
 use super::stream::StreamTransportCore;
+use super::weak_parts::LastWeakParts;
 use crate::event_loop::{self, LoopCore};
 use crate::pyhelpers::UnchangedMethods;
 use crate::sockaddr;
@@ -171,46 +171,8 @@ struct WeakrefNames {
 
 static WEAKREF_NAMES: PyOnceLock<WeakrefNames> = PyOnceLock::new();
 
-/// What `register_weakly` uses of a registry, which `WeakValueDictionary`
-/// sets once in `__init__`: `data`, `_remove` and `_pending_removals`.
-/// Those of the last registry are kept (with it, so that its address is
-/// not reused): a loop registers every transport in the same one.
-struct RegistryParts {
-    registry: Py<PyAny>,
-    data: Py<PyDict>,
-    remove: Py<PyAny>,
-    pending_removals: Py<PyAny>,
-}
-
-static LAST_REGISTRY: Mutex<Option<RegistryParts>> = Mutex::new(None);
-
-impl RegistryParts {
-    fn clone_ref(&self, py: Python<'_>) -> Self {
-        RegistryParts {
-            registry: self.registry.clone_ref(py),
-            data: self.data.clone_ref(py),
-            remove: self.remove.clone_ref(py),
-            pending_removals: self.pending_removals.clone_ref(py),
-        }
-    }
-}
-
-fn registry_parts(registry: &Bound<'_, PyAny>) -> PyResult<RegistryParts> {
-    let py = registry.py();
-    let last = || LAST_REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(parts) = last().as_ref().filter(|parts| parts.registry.is(registry)) {
-        return Ok(parts.clone_ref(py));
-    }
-    let parts = RegistryParts {
-        registry: registry.clone().unbind(),
-        data: registry.getattr(intern!(py, "data"))?.cast_into::<PyDict>()?.unbind(),
-        remove: registry.getattr(intern!(py, "_remove"))?.unbind(),
-        pending_removals: registry.getattr(intern!(py, "_pending_removals"))?.unbind(),
-    };
-    let replaced = last().replace(parts.clone_ref(py));
-    drop(replaced); // (with the lock released)
-    Ok(parts)
-}
+/// The loop's registry's parts (`data`, `_remove`, `_pending_removals`).
+static LAST_REGISTRY: LastWeakParts = LastWeakParts::new();
 
 /// `registry[fd] = transport` for the loop's `WeakValueDictionary`, as its
 /// `__setitem__` does it (`data[key] = KeyedRef(value, self._remove, key)`)
@@ -232,7 +194,8 @@ fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_,
     if !registry.get_type().is(names.dict_type.bind(py)) {
         return Ok(false);
     }
-    let parts = registry_parts(registry)?;
+    let parts = LAST_REGISTRY.of(registry)?;
+    let Ok(data) = parts.data.bind(py).cast::<PyDict>() else { return Ok(false) };
     if parts.pending_removals.bind(py).is_truthy()? {
         return Ok(false);
     }
@@ -242,7 +205,7 @@ fn register_weakly(registry: &Bound<'_, PyAny>, fd: RawFd, transport: &Bound<'_,
     let entry = crate::pyhelpers::new_object_as(names.weak_ref.bind(py), names.keyed_ref.bind(py), &args)?;
     let fd = fd.into_pyobject(py)?;
     crate::pyhelpers::descriptor_set(names.key.bind(py), &entry, fd.as_any())?;
-    parts.data.bind(py).set_item(fd, entry)?;
+    data.set_item(fd, entry)?;
     Ok(true)
 }
 

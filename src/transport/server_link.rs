@@ -110,9 +110,7 @@ fn detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<(
     let py = server.py();
     let Some(asyncio) = plain(server)? else { return call(server, intern!(py, "_detach"), transport) };
     let none_left = if tracks_clients(py) {
-        let clients = server.getattr(intern!(py, "_clients"))?;
-        clients::discard(&clients, transport)?;
-        clients::len(&clients)? == 0
+        clients::discard_and_count(&server.getattr(intern!(py, "_clients"))?, transport)? == 0
     } else {
         let count = server.getattr(intern!(py, "_active_count"))?;
         let count = Count::of(&count);
@@ -185,6 +183,7 @@ mod clients {
     use pyo3::types::{PyList, PySet, PyType, PyWeakrefReference};
 
     use crate::pyhelpers::UnchangedMethods;
+    use crate::transport::weak_parts::LastWeakParts;
 
     /// `weakref.WeakSet` and its methods, taken when ferroloop is imported.
     struct WeakSet {
@@ -215,8 +214,12 @@ mod clients {
         })
     }
 
-    /// `clients.data` and `clients._pending_removals`, for a plain WeakSet.
-    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>)>> {
+    /// The parts of the last server's clients.
+    static LAST_CLIENTS: LastWeakParts = LastWeakParts::new();
+
+    /// `clients.data`, `clients._pending_removals` and `clients._remove`,
+    /// for a plain WeakSet with no removals pending.
+    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>, Bound<'py, PyAny>)>> {
         let py = clients.py();
         let weak_set = weak_set(py)?;
         let type_ = clients.get_type();
@@ -225,10 +228,11 @@ mod clients {
         if !plain {
             return Ok(None);
         }
-        let data = clients.getattr(intern!(py, "data"))?.cast_into::<PySet>();
-        let pending = clients.getattr(intern!(py, "_pending_removals"))?.cast_into::<PyList>();
+        let parts = LAST_CLIENTS.of(clients)?;
+        let data = parts.data.into_bound(py).cast_into::<PySet>();
+        let pending = parts.pending_removals.into_bound(py).cast_into::<PyList>();
         Ok(match (data, pending) {
-            (Ok(data), Ok(pending)) if pending.is_empty() => Some((data, pending)),
+            (Ok(data), Ok(pending)) if pending.is_empty() => Some((data, pending, parts.remove.into_bound(py))),
             _ => None,
         })
     }
@@ -236,26 +240,21 @@ mod clients {
     /// `clients.add(transport)`: `data.add(ref(transport, clients._remove))`
     pub fn add(clients: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = clients.py();
-        let Some((data, _)) = parts(clients)? else {
+        let Some((data, _, remove)) = parts(clients)? else {
             return clients.call_method1(intern!(py, "add"), (transport,)).map(drop);
         };
-        data.add(PyWeakrefReference::new_with(transport, clients.getattr(intern!(py, "_remove"))?)?)
+        data.add(PyWeakrefReference::new_with(transport, remove)?)
     }
 
-    /// `clients.discard(transport)`: `data.discard(ref(transport))`
-    pub fn discard(clients: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `clients.discard(transport)`: `data.discard(ref(transport))`; then
+    /// `len(clients)`: `len(data) - len(_pending_removals)`.
+    pub fn discard_and_count(clients: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<usize> {
         let py = clients.py();
-        let Some((data, _)) = parts(clients)? else {
-            return clients.call_method1(intern!(py, "discard"), (transport,)).map(drop);
+        let Some((data, pending, _)) = parts(clients)? else {
+            clients.call_method1(intern!(py, "discard"), (transport,))?;
+            return clients.len();
         };
-        data.discard(PyWeakrefReference::new(transport)?).map(drop)
-    }
-
-    /// `len(clients)`: `len(data) - len(_pending_removals)`
-    pub fn len(clients: &Bound<'_, PyAny>) -> PyResult<usize> {
-        match parts(clients)? {
-            Some((data, pending)) => Ok(data.len() - pending.len()),
-            None => clients.len(),
-        }
+        data.discard(PyWeakrefReference::new(transport)?)?;
+        Ok(data.len() - pending.len())
     }
 }
