@@ -38,7 +38,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<inherited::Inherited>()?;
     m.add_class::<handles::TimerHandle>()?;
-    m.add_class::<transport::core_method::CoreMethod>()?;
     m.add_class::<transport::stream::StreamTransportCore>()?;
     m.add_class::<transport::datagram::DatagramTransportCore>()?;
     m.add_class::<transport::pipe::read::ReadPipeCore>()?;
@@ -55,6 +54,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::server_link::detach_server, m)?)?;
     m.add_function(wrap_pyfunction!(transport::unclosed::transport_finalizer, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::core_methods::core_method, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::sock_sendall, m)?)?;

@@ -2,6 +2,7 @@
 //! for the cold paths that are asyncio formatting and logging, plus small
 //! FFI wrappers the hot paths share.
 
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pyo3::ffi;
@@ -222,6 +223,49 @@ pub fn descriptor_set(descriptor: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>, val
         return Err(PyErr::fetch(py));
     }
     Ok(())
+}
+
+/// A `PyMethodDef` that may be a `static`: a method descriptor keeps a
+/// pointer to its def for as long as it lives.
+pub struct StaticMethodDef(ffi::PyMethodDef);
+
+// SAFETY: never written after it is made; CPython only reads it, from
+// threads that hold the GIL.
+unsafe impl Sync for StaticMethodDef {}
+
+impl StaticMethodDef {
+    /// A method taking no argument (METH_NOARGS).
+    pub const fn noargs(name: &'static CStr, function: ffi::PyCFunction) -> Self {
+        StaticMethodDef(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunction: function },
+            ml_flags: ffi::METH_NOARGS,
+            ml_doc: std::ptr::null(),
+        })
+    }
+
+    /// A method taking vectorcall arguments (METH_FASTCALL | METH_KEYWORDS).
+    pub const fn fastcall_keywords(name: &'static CStr, function: ffi::PyCFunctionFastWithKeywords) -> Self {
+        StaticMethodDef(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: function },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: std::ptr::null(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        // SAFETY: made from a `&'static CStr` of a Rust string literal.
+        unsafe { CStr::from_ptr(self.0.ml_name) }.to_str().unwrap_or("")
+    }
+}
+
+/// A method descriptor of `class` (what a C type's method is on its
+/// class): called on an instance, CPython passes it to the def's function.
+pub fn method_descriptor<'py>(class: &Bound<'py, PyType>, def: &'static StaticMethodDef) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `class` is a live type object; the def is a static, so it
+    // outlives the descriptor, which only reads it.
+    unsafe { Bound::from_owned_ptr_or_err(class.py(), ffi::PyDescr_NewMethod(class.as_ptr().cast(), (&raw const def.0).cast_mut())) }
 }
 
 /// Whether the object has the cycle collector's header (PyObject_IS_GC's

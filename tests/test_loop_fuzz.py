@@ -179,9 +179,14 @@ def run_trace(factory, scenario):
 
 
 def check_same(scenario, retry=False):
+    """retry: the program's timers are due at set times (slots), which a
+    loaded machine can reach late, on either loop: a difference is checked
+    again, twice (a real one reproduces every time)."""
     expected = run_trace(stdlib_factory, scenario)
     got = run_trace(impl_factory, scenario)
-    if got != expected and retry:   # a late timer (loaded machine) does not reproduce
+    for _ in range(2 if retry else 0):
+        if got == expected:
+            break
         expected = run_trace(stdlib_factory, scenario)
         got = run_trace(impl_factory, scenario)
     assert got == expected, f"\nferroloop: {got!r}\nasyncio:   {expected!r}"

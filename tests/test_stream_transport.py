@@ -186,6 +186,38 @@ def test_write_misuse(same):
     same(scenario)
 
 
+def test_methods_called_every_way(same):
+    """The transport's methods (the core's, made the class's own) called
+    with keywords, through the class, bound and kept, or replaced on the
+    object; argument errors are TypeErrors."""
+    async def scenario(loop, trace):
+        transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))
+        cls = type(transport)
+        trace.append(outcome(transport.write, data=b"a"))
+        trace.append(outcome(cls.write, transport, b"b"))
+        write = transport.write
+        trace.append(outcome(write, b"c"))
+        trace.append(outcome(cls.writelines, transport, [b"d", b"e"]))
+        trace.append(outcome(cls.is_closing, transport))
+        trace.append(outcome(transport.pause_reading))
+        trace.append(outcome(cls.is_reading, transport))
+        trace.append(outcome(cls.resume_reading, transport))
+        trace.append(outcome(transport.is_reading))
+        trace.append(outcome(cls.get_write_buffer_size, transport))
+        for call in (lambda: transport.write(), lambda: transport.write(b"x", b"y"),
+                     lambda: transport.write(dat=b"x"), lambda: transport.is_closing(1),
+                     lambda: transport.pause_reading(True)):
+            trace.append(outcome(call)[0])
+        transport.write = lambda data: trace.append(("replaced", data))
+        transport.write(b"f")
+        del transport.write
+        transport.write(b"g")
+        trace.append(("peer got", await _read_all(loop, peer, 6)))
+        await _finish(transport, proto, peer)
+        trace.append(outcome(cls.is_closing, transport))
+    same(scenario)
+
+
 def test_writes_after_connection_lost_warn(same):
     async def scenario(loop, trace):
         transport, proto, peer = await _connect(loop, "unix", lambda: Recorder(trace))

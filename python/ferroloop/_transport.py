@@ -10,13 +10,12 @@ connection (`_call_connection_lost`) are Rust's too: src/transport/opening.rs
 and base.rs."""
 
 import socket
-import types
 import warnings
 import weakref
 from asyncio import transports
 from asyncio.log import logger
 
-from ._ferroloop import CoreMethod, detach_server, transport_finalizer
+from ._ferroloop import core_method, detach_server, transport_finalizer
 
 # Methods every Rust core has (src/transport/base.rs); a subclass adds its own.
 CORE_METHODS = (
@@ -54,37 +53,18 @@ def _as_mark(value):
         return float("inf")
 
 
-def _delegate(name):
-    def method(self, *args, **kwargs):
-        return getattr(self._core, name)(*args, **kwargs)
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = getattr(getattr(transports.Transport, name, None), "__doc__", None)
-    return method
-
-
-# Core methods a connection calls about once: bound at each use, not kept on
-# the object, which often outlives its connection in a reference cycle
-# (protocol <-> transport) and then holds fewer objects for the collector.
-_CALLED_ONCE = frozenset({"close", "abort", "write_eof", "_force_close", "_call_connection_lost"})
-
-
 class CoreMethods:
     """Takes the Rust core's methods named in `_CORE_METHODS` as the
-    object's own: each name is a `CoreMethod` (src/transport/core_method.rs),
-    which binds `self._core`'s method on use and (but for `_CALLED_ONCE`)
-    keeps it on the object (later calls: one call into Rust, no Python
-    frame), and on the class is a function that delegates (so that
-    Class.method(obj, ...) works)."""
+    object's own: each is a method descriptor on the class
+    (src/transport/core_methods.rs) whose function calls `self._core`'s
+    method of that name, without a Python frame."""
 
     _CORE_METHODS = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        core_slot = getattr(cls, "_core", None)
-        if not isinstance(core_slot, types.MemberDescriptorType):
-            core_slot = None
         for name in cls._CORE_METHODS:
-            setattr(cls, name, CoreMethod(name, _delegate(name), name not in _CALLED_ONCE, core_slot))
+            setattr(cls, name, core_method(cls, name))
 
 
 class CoreFlowControl:

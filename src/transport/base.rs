@@ -472,15 +472,15 @@ macro_rules! transport_pymethods {
                 slf.get().core.start_reading(slf.as_any())
             }
 
-            fn is_reading(&self) -> bool {
+            pub(crate) fn is_reading(&self) -> bool {
                 self.core.state().is_reading()
             }
 
-            fn pause_reading(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
+            pub(crate) fn pause_reading(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
                 self.core.pause_reading(py)
             }
 
-            fn resume_reading(slf: &::pyo3::Bound<'_, Self>) -> ::pyo3::PyResult<()> {
+            pub(crate) fn resume_reading(slf: &::pyo3::Bound<'_, Self>) -> ::pyo3::PyResult<()> {
                 slf.get().core.resume_reading(slf.as_any())
             }
 
@@ -492,7 +492,7 @@ macro_rules! transport_pymethods {
                 self.core.set_water_marks(py, high, low)
             }
 
-            fn is_closing(&self) -> bool {
+            pub(crate) fn is_closing(&self) -> bool {
                 self.core.state().closing
             }
 

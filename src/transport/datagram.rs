@@ -307,7 +307,7 @@ super::base::transport_pymethods! {
     }
 
     #[pyo3(signature = (data, addr=None))]
-    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    pub(crate) fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let core = &this.core;

@@ -6,7 +6,7 @@
 //! - [`unclosed`]: their Python class's `__del__` (the warning for a transport freed unclosed), in Rust,
 //! - [`server_link`]: a server-side transport's place in its `Server`'s count of connections,
 //! - [`weak_parts`]: the insides of the weakref containers those two steps update,
-//! - [`core_method`]: the transport objects' methods that are their core's, bound on first use,
+//! - [`core_methods`]: the transport objects' methods that are their core's, as method descriptors,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
 //! - [`stream_reader`]: asyncio's `StreamReaderProtocol` fed without its Python frames,
 //! - [`datagram`]: UDP and Unix datagram sockets,
@@ -16,7 +16,7 @@
 //! - [`native_callbacks`]: the cores' methods the loop calls as Rust functions.
 
 pub mod base;
-pub mod core_method;
+pub mod core_methods;
 pub mod datagram;
 pub mod opening;
 pub mod server_link;

@@ -369,7 +369,7 @@ super::base::transport_pymethods! {
 
     // ----- writing -----------------------------------------------------------
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let chunk = chunk_of(data, false)?;
         let this = slf.get();
         // asyncio's order: state, nothing to write, connection lost.

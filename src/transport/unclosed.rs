@@ -10,28 +10,15 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use super::slots::{self, Slot};
+use crate::pyhelpers::StaticMethodDef;
 
-/// A `PyMethodDef` that may be a `static`.
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: never written after it is made; CPython only reads it, from
-// threads that hold the GIL.
-unsafe impl Sync for MethodDef {}
-
-static DEL: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"__del__".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunction: del },
-    ml_flags: ffi::METH_NOARGS,
-    ml_doc: std::ptr::null(),
-});
+static DEL: StaticMethodDef = StaticMethodDef::noargs(c"__del__", del);
 
 /// `__del__` for `class` (RustTransport): a method descriptor, which
 /// CPython's finalizer calls with the object and no argument tuple.
 #[pyfunction]
 pub fn transport_finalizer<'py>(class: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: `class` is a live type object; the def is a static, so it
-    // outlives the descriptor, which only reads it.
-    unsafe { Bound::from_owned_ptr_or_err(class.py(), ffi::PyDescr_NewMethod(class.as_ptr().cast(), (&raw const DEL.0).cast_mut())) }
+    crate::pyhelpers::method_descriptor(class, &DEL)
 }
 
 unsafe extern "C" fn del(transport: *mut ffi::PyObject, _no_args: *mut ffi::PyObject) -> *mut ffi::PyObject {
