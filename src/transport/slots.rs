@@ -1,10 +1,11 @@
 //! The attributes a socket transport's Python object is given on every
 //! connection. `RustTransport` (ferroloop/_transport.py) keeps them in
 //! slots (`__slots__`; `_loop` is asyncio's `_FlowControlMixin`'s slot,
-//! `_extra` its `BaseTransport`'s), and Rust reads and writes them through
-//! the slots' member descriptors: a store at a fixed offset, instead of
-//! the attribute protocol's name lookups in the class and the instance's
-//! dict. A short connection sets nine of them.
+//! `_extra` its `BaseTransport`'s), and Rust writes them through the slots'
+//! member descriptors (a store at a fixed offset) and reads them at that
+//! offset, instead of the attribute protocol's name lookups in the class
+//! and the instance's dict. A short connection sets nine of them, and
+//! every call of a transport method reads `_core`.
 
 use pyo3::exceptions::PyAttributeError;
 use pyo3::ffi;
