@@ -48,7 +48,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     socket_object::init(m.py())?;
     transport::opening::init(m.py())?;
     transport::server_link::init(m.py())?;
-    native_callbacks::init(&transport::native_callbacks(m.py()))?;
+    native_callbacks::init(transport::native_callbacks(m.py())?);
     m.add_function(wrap_pyfunction!(accept::accept_connections, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_stream_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transport::opening::open_datagram_transport, m)?)?;

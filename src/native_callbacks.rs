@@ -1,7 +1,7 @@
 //! Callbacks the loop runs as plain Rust calls: those of ferroloop's own
-//! transports, which are their cores' bound methods (the fd callbacks
-//! `_read_ready` and `_write_ready`, and `_start_reading` and
-//! `_call_connection_lost`, which each connection schedules once). The
+//! transports, bound methods of their cores (the fd callbacks `_read_ready`
+//! and `_write_ready`, and `_start_reading`) or of the transport objects
+//! (`_call_connection_lost`), which each connection schedules once. The
 //! handle holds (and shows) the bound method, as asyncio's handle holds its
 //! transport's; only the call skips Python's call protocol (dispatch,
 //! argument parsing, the binding layer's entry), which cost several
@@ -25,25 +25,26 @@ pub enum NativeFn {
 /// `(address of the method's PyMethodDef, its function)`
 static NATIVE: OnceLock<Vec<(usize, NativeFn)>> = OnceLock::new();
 
-/// Registers each `type_.<name>` (a method taking no arguments, or one)
-/// with the function to call instead; once, when the module is initialised.
-pub fn init(methods: &[(Bound<'_, PyType>, &str, NativeFn)]) -> PyResult<()> {
-    let mut table = Vec::with_capacity(methods.len());
-    for (type_, name, native) in methods {
-        let descriptor = type_.getattr("__dict__")?.get_item(name)?;
-        // SAFETY: comparing the type of a live object with a static type object.
-        let is_method = unsafe { ffi::Py_TYPE(descriptor.as_ptr()) == &raw mut ffi::PyMethodDescr_Type };
-        if !is_method {
-            return Err(PyTypeError::new_err(format!("{name} is not a method of its class")));
-        }
-        // SAFETY: a method_descriptor's struct is PyMethodDescrObject; its
-        // PyMethodDef lives as long as the class (here: the module).
-        let def = unsafe { (*descriptor.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method };
-        table.push((def as usize, *native));
+/// The PyMethodDef of `type_.<name>`, a method of a type written in Rust
+/// (a method descriptor), as `init` takes it.
+pub fn def_of(type_: &Bound<'_, PyType>, name: &str) -> PyResult<usize> {
+    let descriptor = type_.getattr("__dict__")?.get_item(name)?;
+    // SAFETY: comparing the type of a live object with a static type object.
+    let is_method = unsafe { ffi::Py_TYPE(descriptor.as_ptr()) == &raw mut ffi::PyMethodDescr_Type };
+    if !is_method {
+        return Err(PyTypeError::new_err(format!("{name} is not a method of its class")));
     }
-    // (initialised again, in another interpreter: the same classes' defs)
+    // SAFETY: a method_descriptor's struct is PyMethodDescrObject; its
+    // PyMethodDef lives as long as the class (here: the module).
+    Ok(unsafe { (*descriptor.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method } as usize)
+}
+
+/// Registers the methods (by the address of their PyMethodDef, which a
+/// bound method points to) with the function to call instead; once, when
+/// the module is initialised.
+pub fn init(table: Vec<(usize, NativeFn)>) {
+    // (initialised again, in another interpreter: the same defs)
     let _ = NATIVE.set(table);
-    Ok(())
 }
 
 /// `func(*args)` as a Rust call, if `func` is one of those methods, bound,

@@ -254,6 +254,11 @@ impl StaticMethodDef {
         })
     }
 
+    /// Where the def is, which a method bound from it points to.
+    pub fn address(&self) -> usize {
+        (&raw const self.0) as usize
+    }
+
     pub fn name(&self) -> &str {
         // SAFETY: made from a `&'static CStr` of a Rust string literal.
         unsafe { CStr::from_ptr(self.0.ml_name) }.to_str().unwrap_or("")

@@ -497,12 +497,12 @@ macro_rules! transport_pymethods {
             }
 
             /// Stop reading; once the queue is sent, the connection is lost.
-            fn close(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
+            pub(crate) fn close(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
                 self.core.close(py)
             }
 
             /// Drop the queue and lose the connection now.
-            fn abort(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
+            pub(crate) fn abort(&self, py: ::pyo3::Python<'_>) -> ::pyo3::PyResult<()> {
                 self.core.force_close(py, None)
             }
 

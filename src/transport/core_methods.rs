@@ -1,10 +1,11 @@
 //! How a transport's Python object takes its Rust core's methods as its
 //! own: each is a method descriptor on the class, as a method of a type
 //! written in C would be, whose function finds the object's core
-//! (`self._core`) and calls the core's method of the same name; `write`
-//! of a stream core is called as a Rust function. So `transport.write(data)`
-//! has no Python frame, CPython's method-call specialisation applies to it,
-//! and a transport object holds no bound methods of its own.
+//! (`self._core`) and calls the core's method of the same name; those a
+//! connection calls often, of a socket core, as Rust functions. So
+//! `transport.write(data)` has no Python frame, CPython's method-call
+//! specialisation applies to it, and a transport object holds no bound
+//! methods of its own.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -142,6 +143,8 @@ macro_rules! socket_core_noargs {
 socket_core_noargs!(is_closing_direct, is_closing, |core, py| Ok(PyBool::new(py, core.get().is_closing()).to_owned().into_any().unbind()));
 socket_core_noargs!(is_reading_direct, is_reading, |core, py| Ok(PyBool::new(py, core.get().is_reading()).to_owned().into_any().unbind()));
 socket_core_noargs!(pause_reading_direct, pause_reading, |core, py| core.get().pause_reading(py).map(|()| py.None()));
+socket_core_noargs!(close_direct, close, |core, py| core.get().close(py).map(|()| py.None()));
+socket_core_noargs!(abort_direct, abort, |core, py| core.get().abort(py).map(|()| py.None()));
 
 /// `transport.resume_reading()`
 ///
@@ -200,8 +203,8 @@ core_method_defs! {
     write_eof => forwarded!(write_eof),
     can_write_eof => forwarded!(can_write_eof),
     sendto => sendto_direct,
-    close => forwarded!(close),
-    abort => forwarded!(abort),
+    close => close_direct,
+    abort => abort_direct,
     is_closing => is_closing_direct,
     is_reading => is_reading_direct,
     pause_reading => pause_reading_direct,
@@ -218,4 +221,22 @@ core_method_defs! {
     _reset_empty_waiter => forwarded!(_reset_empty_waiter),
     _maybe_pause_protocol => forwarded!(_maybe_pause_protocol),
     _maybe_resume_protocol => forwarded!(_maybe_resume_protocol),
+}
+
+/// `transport._call_connection_lost(exc)`, which the transport schedules
+/// once per connection (as asyncio does), as a Rust call from its handle.
+pub fn native_call_connection_lost() -> (usize, crate::native_callbacks::NativeFn) {
+    let def = DEFS.iter().find(|def| def.name() == "_call_connection_lost").map_or(0, StaticMethodDef::address);
+    (def, crate::native_callbacks::NativeFn::OneArg(call_connection_lost))
+}
+
+fn call_connection_lost(transport: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+    let core = core_of(transport)?;
+    if core.is_exact_instance_of::<StreamTransportCore>() {
+        return StreamTransportCore::native_call_connection_lost(&core, exc);
+    }
+    if core.is_exact_instance_of::<DatagramTransportCore>() {
+        return DatagramTransportCore::native_call_connection_lost(&core, exc);
+    }
+    core.call_method1(pyo3::intern!(transport.py(), "_call_connection_lost"), (exc,)).map(drop)
 }

@@ -30,27 +30,31 @@ pub mod stream_reader;
 pub mod write_buffer;
 
 use pyo3::prelude::*;
-use pyo3::types::PyType;
 
 use crate::native_callbacks::NativeFn;
 
 /// The cores' methods the loop calls as Rust functions: the fd callbacks,
-/// and the first and last callback of each connection.
-pub fn native_callbacks(py: Python<'_>) -> Vec<(Bound<'_, PyType>, &'static str, NativeFn)> {
+/// and the first and last callback of each connection (the last one bound
+/// to the transport object, as asyncio schedules it).
+pub fn native_callbacks(py: Python<'_>) -> PyResult<Vec<(usize, NativeFn)>> {
+    use crate::native_callbacks::def_of;
     use NativeFn::{NoArgs, OneArg};
     let stream = py.get_type::<stream::StreamTransportCore>();
     let datagram = py.get_type::<datagram::DatagramTransportCore>();
-    vec![
-        (stream.clone(), "_read_ready", NoArgs(stream::read_ready)),
-        (stream.clone(), "_write_ready", NoArgs(stream::write_ready)),
-        (stream.clone(), "_start_reading", NoArgs(stream::StreamTransportCore::native_start_reading)),
-        (stream, "_call_connection_lost", OneArg(stream::StreamTransportCore::native_call_connection_lost)),
-        (datagram.clone(), "_read_ready", NoArgs(datagram::read_ready)),
-        (datagram.clone(), "_write_ready", NoArgs(datagram::write_ready)),
-        (datagram.clone(), "_start_reading", NoArgs(datagram::DatagramTransportCore::native_start_reading)),
-        (datagram, "_call_connection_lost", OneArg(datagram::DatagramTransportCore::native_call_connection_lost)),
-        (py.get_type::<pipe::read::ReadPipeCore>(), "_read_ready", NoArgs(pipe::read::read_ready)),
-        (py.get_type::<pipe::write::WritePipeCore>(), "_write_ready", NoArgs(pipe::write::write_ready)),
-        (py.get_type::<pipe::write::WritePipeCore>(), "_read_ready", NoArgs(pipe::write::read_ready)),
-    ]
+    let read_pipe = py.get_type::<pipe::read::ReadPipeCore>();
+    let write_pipe = py.get_type::<pipe::write::WritePipeCore>();
+    Ok(vec![
+        (def_of(&stream, "_read_ready")?, NoArgs(stream::read_ready)),
+        (def_of(&stream, "_write_ready")?, NoArgs(stream::write_ready)),
+        (def_of(&stream, "_start_reading")?, NoArgs(stream::StreamTransportCore::native_start_reading)),
+        (def_of(&stream, "_call_connection_lost")?, OneArg(stream::StreamTransportCore::native_call_connection_lost)),
+        (def_of(&datagram, "_read_ready")?, NoArgs(datagram::read_ready)),
+        (def_of(&datagram, "_write_ready")?, NoArgs(datagram::write_ready)),
+        (def_of(&datagram, "_start_reading")?, NoArgs(datagram::DatagramTransportCore::native_start_reading)),
+        (def_of(&datagram, "_call_connection_lost")?, OneArg(datagram::DatagramTransportCore::native_call_connection_lost)),
+        (def_of(&read_pipe, "_read_ready")?, NoArgs(pipe::read::read_ready)),
+        (def_of(&write_pipe, "_write_ready")?, NoArgs(pipe::write::write_ready)),
+        (def_of(&write_pipe, "_read_ready")?, NoArgs(pipe::write::read_ready)),
+        core_methods::native_call_connection_lost(),
+    ])
 }
