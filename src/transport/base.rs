@@ -453,6 +453,11 @@ macro_rules! transport_pymethods {
                 Self::_call_connection_lost(core.cast()?, exc.clone())
             }
 
+            /// `resume_reading()` of the core `obj` (this object).
+            pub(crate) fn resume_reading_of(&self, obj: &::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
+                self.core.resume_reading(obj)
+            }
+
             /// `set_protocol` after the connection was lost: the core holds
             /// a reference again, so it can be in a cycle again.
             fn holds_references_again(slf: &::pyo3::Bound<'_, Self>) {
@@ -480,8 +485,8 @@ macro_rules! transport_pymethods {
                 self.core.pause_reading(py)
             }
 
-            pub(crate) fn resume_reading(slf: &::pyo3::Bound<'_, Self>) -> ::pyo3::PyResult<()> {
-                slf.get().core.resume_reading(slf.as_any())
+            fn resume_reading(slf: &::pyo3::Bound<'_, Self>) -> ::pyo3::PyResult<()> {
+                slf.get().resume_reading_of(slf.as_any())
             }
 
             fn get_write_buffer_size(&self) -> usize {

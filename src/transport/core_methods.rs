@@ -11,8 +11,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString, PyType};
 
-use super::slots::{self, Slot};
 use super::datagram::DatagramTransportCore;
+use super::slots::{self, Slot};
 use super::stream::StreamTransportCore;
 use crate::pyhelpers::{self, StaticMethodDef};
 
@@ -122,6 +122,16 @@ unsafe fn sendto_direct(transport: &Bound<'_, PyAny>, args: *const *mut ffi::PyO
     unsafe { forward(transport, pyo3::intern!(py, "sendto"), args, nargs, kwnames) }
 }
 
+/// `$call` with `$core` bound to the core, of whichever type it is.
+macro_rules! on_either {
+    ($socket_core:expr, |$core:ident| $call:expr) => {
+        match $socket_core {
+            SocketCore::Stream($core) => $call,
+            SocketCore::Datagram($core) => $call,
+        }
+    };
+}
+
 /// A method without arguments that both socket cores have, called
 /// directly: `$call` (with `$core` the core, of either type) gives the
 /// result.
@@ -132,8 +142,7 @@ macro_rules! socket_core_noargs {
         unsafe fn $fn_name(transport: &Bound<'_, PyAny>, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> PyResult<Py<PyAny>> {
             let $py = transport.py();
             match socket_core(transport, nargs, kwnames, 0)? {
-                Some(SocketCore::Stream($core)) => $call,
-                Some(SocketCore::Datagram($core)) => $call,
+                Some(socket_core) => on_either!(socket_core, |$core| $call),
                 None => unsafe { forward(transport, pyo3::intern!($py, stringify!($method)), args, nargs, kwnames) },
             }
         }
@@ -143,22 +152,9 @@ macro_rules! socket_core_noargs {
 socket_core_noargs!(is_closing_direct, is_closing, |core, py| Ok(PyBool::new(py, core.get().is_closing()).to_owned().into_any().unbind()));
 socket_core_noargs!(is_reading_direct, is_reading, |core, py| Ok(PyBool::new(py, core.get().is_reading()).to_owned().into_any().unbind()));
 socket_core_noargs!(pause_reading_direct, pause_reading, |core, py| core.get().pause_reading(py).map(|()| py.None()));
+socket_core_noargs!(resume_reading_direct, resume_reading, |core, py| core.get().resume_reading_of(core.as_any()).map(|()| py.None()));
 socket_core_noargs!(close_direct, close, |core, py| core.get().close(py).map(|()| py.None()));
 socket_core_noargs!(abort_direct, abort, |core, py| core.get().abort(py).map(|()| py.None()));
-
-/// `transport.resume_reading()`
-///
-/// # Safety
-/// As [`forward`].
-unsafe fn resume_reading_direct(transport: &Bound<'_, PyAny>, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> PyResult<Py<PyAny>> {
-    let py = transport.py();
-    match socket_core(transport, nargs, kwnames, 0)? {
-        Some(SocketCore::Stream(core)) => StreamTransportCore::resume_reading(&core)?,
-        Some(SocketCore::Datagram(core)) => DatagramTransportCore::resume_reading(&core)?,
-        None => return unsafe { forward(transport, pyo3::intern!(py, "resume_reading"), args, nargs, kwnames) },
-    }
-    Ok(py.None())
-}
 
 /// One C function per method name (a method descriptor's function is told
 /// only its object and arguments), each calling `$body`.
