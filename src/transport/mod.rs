@@ -5,7 +5,7 @@
 //! - [`slots`]: the attributes a socket transport's Python object gets on every connection, in slots,
 //! - [`unclosed`]: their Python class's `__del__` (the warning for a transport freed unclosed), in Rust,
 //! - [`server_link`]: a server-side transport's place in its `Server`'s count of connections,
-//! - [`weak_parts`]: the insides of the weakref containers those two steps update,
+//! - [`weak_parts`]: the insides of the weakref containers a connection joins (the loop's transport registry, a server's clients),
 //! - [`core_methods`]: the transport objects' methods that are their core's, as method descriptors,
 //! - [`stream`]: TCP and Unix stream sockets (one implementation for both),
 //! - [`stream_reader`]: asyncio's `StreamReaderProtocol` fed without its Python frames,
