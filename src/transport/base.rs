@@ -458,13 +458,6 @@ macro_rules! transport_pymethods {
                 self.core.resume_reading(obj)
             }
 
-            /// `set_protocol` after the connection was lost: the core holds
-            /// a reference again, so it can be in a cycle again.
-            fn holds_references_again(slf: &::pyo3::Bound<'_, Self>) {
-                if slf.get().core.released() {
-                    $crate::pyhelpers::track_again(slf);
-                }
-            }
         }
 
         #[::pyo3::pymethods]
@@ -530,6 +523,17 @@ macro_rules! transport_pymethods {
                     $crate::pyhelpers::untrack(slf.as_unbound());
                 }
                 result
+            }
+
+            /// The kind's `store_protocol`; after the connection was lost
+            /// (the core untracked, see `_call_connection_lost`) the core
+            /// holds a reference again, so it can be in a cycle again.
+            fn set_protocol(slf: &::pyo3::Bound<'_, Self>, protocol: &::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
+                slf.get().store_protocol(protocol)?;
+                if slf.get().core.released() {
+                    $crate::pyhelpers::track_again(slf);
+                }
+                Ok(())
             }
 
             fn get_protocol<'py>(&self, py: ::pyo3::Python<'py>) -> Option<::pyo3::Bound<'py, ::pyo3::PyAny>> {

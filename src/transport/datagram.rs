@@ -392,12 +392,6 @@ super::base::transport_pymethods! {
         Ok(())
     }
 
-    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.get().store_protocol(protocol)?;
-        Self::holds_references_again(slf);
-        Ok(())
-    }
-
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.core.traverse(&visit, |x| {
             visit.call(&x.address)?;

@@ -75,8 +75,11 @@ pub fn set(transport: &Bound<'_, PyAny>, slot: Slot, value: &Bound<'_, PyAny>) -
 /// `__init__` failed before it).
 pub fn get<'py>(transport: &Bound<'py, PyAny>, slot: Slot) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = transport.py();
-    if let Some(value) = read_at_offset(transport, slots(py)?, slot) {
-        return Ok(value);
+    let slots = slots(py)?;
+    if is_transport(transport, slots) {
+        if let Some(value) = read_at_offset(transport, slots, slot) {
+            return Ok(value);
+        }
     }
     match descriptor_get(descriptor(py, slot)?, transport) {
         Ok(value) => Ok(Some(value)),
@@ -91,12 +94,13 @@ pub fn get<'py>(transport: &Bound<'py, PyAny>, slot: Slot) -> PyResult<Option<Bo
 pub fn get_if_instance<'py>(transport: &Bound<'py, PyAny>, slot: Slot) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = transport.py();
     let slots = slots(py)?;
+    if !is_transport(transport, slots) {
+        return Ok(None);
+    }
     match read_at_offset(transport, slots, slot) {
         Some(Some(value)) => Ok(Some(value)),
-        // (unset: the member descriptor's own error)
-        Some(None) => descriptor_get(slots.descriptors[slot as usize].bind(py), transport).map(Some),
-        None if is_transport(transport, slots) => descriptor_get(slots.descriptors[slot as usize].bind(py), transport).map(Some),
-        None => Ok(None),
+        // (unset, or no offset known: the member descriptor, with its own error)
+        _ => descriptor_get(slots.descriptors[slot as usize].bind(py), transport).map(Some),
     }
 }
 
@@ -105,17 +109,15 @@ fn is_transport(transport: &Bound<'_, PyAny>, slots: &Slots) -> bool {
     unsafe { ffi::PyObject_TypeCheck(transport.as_ptr(), slots.class.as_ptr().cast()) != 0 }
 }
 
-/// The slot read at its offset (what its member descriptor does, without
-/// the call): Some(None) while unset; None for an object that is no
-/// `RustTransport`, or a slot without a known offset.
+/// The slot of `transport`, a `RustTransport` (the caller checked), read
+/// at its offset (what its member descriptor does, without the call):
+/// Some(None) while unset; None for a slot without a known offset.
 fn read_at_offset<'py>(transport: &Bound<'py, PyAny>, slots: &Slots, slot: Slot) -> Option<Option<Bound<'py, PyAny>>> {
     let offset = slots.offsets[slot as usize]?;
-    if !is_transport(transport, slots) {
-        return None;
-    }
-    // SAFETY: the object is a RustTransport (checked), so its layout has
-    // the slot's object reference at the member's offset: NULL while unset,
-    // else a reference the object owns, borrowed here and then owned anew.
+    // SAFETY: the object is a RustTransport (the caller's check), so its
+    // layout has the slot's object reference at the member's offset: NULL
+    // while unset, else a reference the object owns, borrowed here and then
+    // owned anew.
     let value = unsafe { *transport.as_ptr().cast::<u8>().add(offset).cast::<*mut ffi::PyObject>() };
     Some((!value.is_null()).then(|| unsafe { Bound::from_borrowed_ptr(transport.py(), value) }))
 }

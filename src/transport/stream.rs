@@ -475,12 +475,6 @@ super::base::transport_pymethods! {
 
     // ----- protocol ------------------------------------------------------------
 
-    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.get().store_protocol(protocol)?;
-        Self::holds_references_again(slf);
-        Ok(())
-    }
-
     // ----- sendfile ------------------------------------------------------------
 
     /// A future done once the write buffer is empty (`loop.sendfile` waits
