@@ -7,10 +7,12 @@
 //! are Rust's; the rest (`__init__`, timeouts, extra info, error reports,
 //! debug mode, rare paths) stays asyncio's code:
 //!
-//! - [`protocol`]: `SSLProtocolCore`: received bytes into the SSL object,
-//!   plaintext out to the app protocol, app writes (the app transport's
-//!   `write`) encrypted and handed to the transport, both directions' flow
-//!   control,
+//! - [`protocol`]: `SSLProtocolCore`, its state and the methods asyncio's
+//!   code calls; received bytes into the SSL object,
+//! - [`read`]: plaintext out to the app protocol, the transport's reading
+//!   paused while too much waits to be decrypted,
+//! - [`write`]: app writes (the app transport's `write`) encrypted and
+//!   handed to the transport, the app's writing paused while too much waits,
 //! - [`handshake`]: the handshake steps and the state transitions,
 //! - [`shutdown`]: the end of the connection (EOF, close_notify),
 //! - [`flow`]: the water-mark decisions (plain Rust),
@@ -23,4 +25,6 @@ pub mod flow;
 mod handshake;
 mod lent_bytes;
 pub mod protocol;
+mod read;
 mod shutdown;
+mod write;

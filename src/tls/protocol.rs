@@ -1,6 +1,7 @@
 //! `SSLProtocolCore`: the base class that puts the per-record methods of
 //! asyncio's `SSLProtocol` (Python 3.11+) and their state in Rust (its
-//! handshake and shutdown steps: `handshake.rs`, `shutdown.rs`).
+//! reading and writing sides: `read.rs`, `write.rs`; its handshake and
+//! shutdown steps: `handshake.rs`, `shutdown.rs`).
 //!
 //! `ferroloop._sslproto.SSLProtocol` derives from this class first and
 //! from asyncio's `SSLProtocol` second. This class's methods come first in
@@ -28,31 +29,13 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyString, PyTuple};
 
 use super::c_calls;
-use super::flow::{flow_change, FlowChange};
-use crate::transport::base::must_propagate;
-use crate::transport::stream_reader;
-
-/// What one `read()` asks for: one byte more than a TLS record's most
-/// plaintext, the most one `SSL_read` returns, so that a read which got
-/// less than this took all the record had. (asyncio asks for 256 KiB, so
-/// each read allocates that much before shrinking it.)
-const READ_SIZE: usize = 16 * 1024 + 1;
-
-/// READ_SIZE as an int, made once (not for each record).
-fn read_size(py: Python<'_>) -> &Bound<'_, PyAny> {
-    static READ_SIZE_INT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    READ_SIZE_INT.get_or_init(py, || READ_SIZE.into_pyobject(py).map_or_else(|e| match e {}, |n| n.into_any().unbind())).bind(py)
-}
-
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: i64 = 5;
 
 /// asyncio's names the Rust methods use, looked up once.
 pub(super) struct AsyncioNames {
     /// The `SSLProtocolState` members, in [`State`] order.
     states: [Py<PyAny>; 5],
     again_errors: Py<PyAny>,
-    logger: Py<PyAny>,
+    pub(super) logger: Py<PyAny>,
     /// asyncio's `SSLProtocol`, whose own methods take the rare cases.
     pub(super) asyncio_protocol: Py<PyAny>,
     pub(super) ssl_error: Py<PyAny>,
@@ -108,9 +91,9 @@ impl State {
 /// A water mark: the object asyncio computed (returned as is by the
 /// getters) and its value for comparisons.
 #[derive(Default)]
-struct Mark {
+pub(super) struct Mark {
     object: Option<Py<PyAny>>,
-    value: f64,
+    pub(super) value: f64,
 }
 
 impl Mark {
@@ -132,27 +115,27 @@ impl Mark {
 #[derive(Default)]
 pub(super) struct Fields {
     pub(super) state: State,
-    conn_lost: i64,
-    write_buffer_size: isize,
-    ssl_writing_paused: bool,
+    pub(super) conn_lost: i64,
+    pub(super) write_buffer_size: isize,
+    pub(super) ssl_writing_paused: bool,
     pub(super) app_reading_paused: bool,
-    ssl_reading_paused: bool,
-    app_writing_paused: bool,
-    app_protocol_is_buffer: bool,
-    incoming_high_water: Mark,
-    incoming_low_water: Mark,
-    outgoing_high_water: Mark,
-    outgoing_low_water: Mark,
-    loop_: Option<Py<PyAny>>,
-    transport: Option<Py<PyAny>>,
-    app_protocol: Option<Py<PyAny>>,
-    write_backlog: Option<Py<PyAny>>,
-    incoming: Option<Py<PyAny>>,
-    outgoing: Option<Py<PyAny>>,
+    pub(super) ssl_reading_paused: bool,
+    pub(super) app_writing_paused: bool,
+    pub(super) app_protocol_is_buffer: bool,
+    pub(super) incoming_high_water: Mark,
+    pub(super) incoming_low_water: Mark,
+    pub(super) outgoing_high_water: Mark,
+    pub(super) outgoing_low_water: Mark,
+    pub(super) loop_: Option<Py<PyAny>>,
+    pub(super) transport: Option<Py<PyAny>>,
+    pub(super) app_protocol: Option<Py<PyAny>>,
+    pub(super) write_backlog: Option<Py<PyAny>>,
+    pub(super) incoming: Option<Py<PyAny>>,
+    pub(super) outgoing: Option<Py<PyAny>>,
     /// `_sslobj`: the `ssl.SSLObject`.
-    sslobj: Option<Py<PyAny>>,
+    pub(super) sslobj: Option<Py<PyAny>>,
     /// Its `_sslobj`: the `_ssl` object whose C methods do the work.
-    ssl_c: Option<Py<PyAny>>,
+    pub(super) ssl_c: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -162,7 +145,7 @@ pub struct SSLProtocolCore {
 
 /// `Option<Py<PyAny>>` → the object or a clear error (asyncio would fail
 /// on `None` the same way: an AttributeError on NoneType).
-fn bound<'py>(py: Python<'py>, field: &Option<Py<PyAny>>) -> Bound<'py, PyAny> {
+pub(super) fn bound<'py>(py: Python<'py>, field: &Option<Py<PyAny>>) -> Bound<'py, PyAny> {
     match field {
         Some(o) => o.bind(py).clone(),
         None => py.None().into_bound(py),
@@ -250,7 +233,7 @@ impl<'a, 'py> Tls<'a, 'py> {
     }
 
     /// `except Exception as ex: self._fatal_error(ex, message)`
-    fn fatal_error_on(&self, result: PyResult<()>, message: &str) -> PyResult<()> {
+    pub(super) fn fatal_error_on(&self, result: PyResult<()>, message: &str) -> PyResult<()> {
         match result {
             Err(e) if e.is_instance_of::<PyException>(self.py) => {
                 self.slf.call_method1(intern!(self.py, "_fatal_error"), (e.into_value(self.py), message)).map(drop)
@@ -263,7 +246,7 @@ impl<'a, 'py> Tls<'a, 'py> {
         e.matches(self.py, self.names.again_errors.bind(self.py)).unwrap_or(false)
     }
 
-    fn pending(&self, bio: &Bound<'py, PyAny>) -> PyResult<usize> {
+    pub(super) fn pending(&self, bio: &Bound<'py, PyAny>) -> PyResult<usize> {
         c_calls::bio_pending(bio)
     }
 
@@ -276,326 +259,6 @@ impl<'a, 'py> Tls<'a, 'py> {
     pub(super) fn ssl_c(&self) -> Bound<'py, PyAny> {
         let f = self.fields();
         bound(self.py, if f.ssl_c.is_some() { &f.ssl_c } else { &f.sslobj })
-    }
-
-    // ----- reading -------------------------------------------------------------
-
-    /// `_do_read`
-    pub(super) fn do_read(&self) -> PyResult<()> {
-        let (state, app_reading_paused, is_buffer) = {
-            let f = self.fields();
-            (f.state, f.app_reading_paused, f.app_protocol_is_buffer)
-        };
-        if !matches!(state, State::Wrapped | State::Flushing) {
-            return Ok(());
-        }
-        let result = (|| {
-            // Whether the read found the BIO empty, which no code run since
-            // (the app protocol's, the writes) can have refilled: only the
-            // transport's next read does.
-            let mut drained = false;
-            if !app_reading_paused {
-                if is_buffer {
-                    self.read_buffered()?;
-                } else {
-                    drained = self.read_copied()?;
-                }
-                let backlog = bound(self.py, &self.fields().write_backlog);
-                if backlog.is_truthy()? {
-                    self.do_write()?;
-                } else {
-                    self.process_outgoing()?;
-                }
-            }
-            self.control_ssl_reading(drained.then_some(0))
-        })();
-        self.fatal_error_on(result, "Fatal error on SSL protocol")
-    }
-
-    /// `_do_read__copied`: everything decrypted in one `data_received`,
-    /// then, if the peer closed (close_notify), EOF and shutdown. True if
-    /// the reads stopped on an empty BIO.
-    fn read_copied(&self) -> PyResult<bool> {
-        let py = self.py;
-        let (ssl, incoming) = (self.ssl_c(), bound(py, &self.fields().incoming));
-        // Most reads take one chunk: it needs no vector.
-        let mut first: Option<Bound<'py, PyBytes>> = None;
-        let mut more: Vec<Bound<'py, PyBytes>> = Vec::new();
-        let (mut closed, mut drained) = (false, false);
-        let size = read_size(py);
-        loop {
-            let chunk = match c_calls::ssl_read(&ssl, size) {
-                Ok(c) => c.cast_into::<PyBytes>()?,
-                Err(e) if self.is_again(&e) => break,
-                Err(e) => return Err(e),
-            };
-            let n = chunk.as_bytes().len();
-            if n == 0 {
-                closed = true;
-                break;
-            }
-            match first {
-                None => first = Some(chunk),
-                Some(_) => more.push(chunk),
-            }
-            // All the SSL object had, and no bytes left in the BIO: the
-            // next read would raise SSLWantReadError, so stop here.
-            if n < READ_SIZE && self.pending(&incoming)? == 0 {
-                drained = true;
-                break;
-            }
-        }
-        let data = match first {
-            Some(first) if !more.is_empty() => {
-                let joined: Vec<u8> = std::iter::once(&first).chain(&more).flat_map(|c| c.as_bytes()).copied().collect();
-                Some(PyBytes::new(py, &joined))
-            }
-            first => first,
-        };
-        if let Some(data) = data {
-            let app = bound(py, &self.fields().app_protocol);
-            if stream_reader::is_plain_stream_protocol(&app)? {
-                stream_reader::data_received(&app, data.as_bytes())?;
-            } else {
-                app.call_method1(intern!(py, "data_received"), (data,))?;
-            }
-        }
-        if closed {
-            self.call(intern!(py, "_call_eof_received"))?;
-            self.start_shutdown()?;
-        }
-        Ok(drained)
-    }
-
-    /// `_do_read__buffered`: decrypt straight into the app protocol's buffer.
-    fn read_buffered(&self) -> PyResult<()> {
-        let py = self.py;
-        let (ssl, incoming) = (self.ssl_c(), bound(py, &self.fields().incoming));
-        let buf = self.slf.getattr(intern!(py, "_app_protocol_get_buffer"))?.call1((self.pending(&incoming)?,))?;
-        let wants = buf.len()?;
-        let mut offset = 0;
-        let mut count = 1;
-        let outcome = (|| -> PyResult<()> {
-            loop {
-                let asked = wants - offset;
-                let target = if offset == 0 { buf.clone() } else { buf.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))? };
-                count = c_calls::ssl_read_into(&ssl, asked, &target)?.extract()?;
-                if count == 0 {
-                    return Ok(());
-                }
-                offset += count;
-                if offset >= wants {
-                    // The buffer is full: read the rest at the next iteration.
-                    let do_read = self.slf.getattr(intern!(py, "_do_read"))?;
-                    let loop_ = bound(py, &self.fields().loop_);
-                    return loop_.call_method1(intern!(py, "call_soon"), (do_read,)).map(drop);
-                }
-                if count < asked && self.pending(&incoming)? == 0 {
-                    return Ok(()); // where SSLWantReadError would end it
-                }
-            }
-        })();
-        match outcome {
-            Err(e) if !self.is_again(&e) => return Err(e),
-            _ => {}
-        }
-        if offset > 0 {
-            self.slf.getattr(intern!(py, "_app_protocol_buffer_updated"))?.call1((offset,))?;
-        }
-        if count == 0 {
-            self.call(intern!(py, "_call_eof_received"))?;
-            self.start_shutdown()?;
-        }
-        Ok(())
-    }
-
-    // ----- writing -------------------------------------------------------------
-
-    /// The first check of `_write_appdata`: after the shutdown began, writes
-    /// are dropped and counted (and logged past a threshold). True if dropped.
-    fn write_dropped(&self, state: State) -> PyResult<bool> {
-        if !matches!(state, State::Flushing | State::Shutdown | State::Unwrapped) {
-            return Ok(false);
-        }
-        let conn_lost = {
-            let mut f = self.fields();
-            f.conn_lost += 1;
-            f.conn_lost - 1
-        };
-        if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-            self.names.logger.call_method1(self.py, intern!(self.py, "warning"), ("SSL connection is closed",))?;
-        }
-        Ok(true)
-    }
-
-    /// Add `data` to the backlog (`_write_backlog.append`, `_write_buffer_size += n`).
-    fn queue(&self, backlog: &Bound<'py, PyAny>, data: Bound<'py, PyAny>, size: isize) -> PyResult<()> {
-        backlog.call_method1(intern!(self.py, "append"), (data,))?;
-        self.fields().write_buffer_size += size;
-        Ok(())
-    }
-
-    /// `_write_appdata(list_of_data)`
-    fn write_appdata(&self, list_of_data: &Bound<'py, PyAny>) -> PyResult<()> {
-        let state = self.state();
-        if self.write_dropped(state)? {
-            return Ok(());
-        }
-        let backlog = bound(self.py, &self.fields().write_backlog);
-        for data in list_of_data.try_iter()? {
-            let data = data?;
-            let len = data.len()? as isize;
-            self.queue(&backlog, data, len)?;
-        }
-        if state == State::Wrapped {
-            let result = self.do_write();
-            return self.fatal_error_on(result, "Fatal error on SSL protocol");
-        }
-        Ok(())
-    }
-
-    /// `_write_appdata((data,))`, encrypting `data` at once when the
-    /// connection is up and nothing waits before it; the backlog is used
-    /// only if the SSL object does not take all of it.
-    fn write_one(&self, data: &Bound<'py, PyAny>) -> PyResult<()> {
-        let py = self.py;
-        let (state, backlog) = {
-            let f = self.fields();
-            (f.state, bound(py, &f.write_backlog))
-        };
-        if state != State::Wrapped || backlog.is_truthy()? {
-            return self.write_appdata(PyTuple::new(py, [data])?.as_any());
-        }
-        let len = data.len()? as isize;
-        let result = match c_calls::ssl_write(&self.ssl_c(), data).and_then(|c| c.extract::<isize>()) {
-            Ok(count) if count >= len => self.send_records(count > 0),
-            // Part of it: the rest waits in the backlog, as asyncio's loop leaves it.
-            Ok(count) => (|| {
-                let rest = data.get_item(PySlice::new(py, count, isize::MAX, 1))?;
-                self.queue(&backlog, rest, len - count)?;
-                self.do_write()
-            })(),
-            Err(e) => {
-                self.queue(&backlog, data.clone(), len)?;
-                if self.is_again(&e) {
-                    self.process_outgoing()
-                } else {
-                    Err(e)
-                }
-            }
-        };
-        self.fatal_error_on(result, "Fatal error on SSL protocol")
-    }
-
-    /// `_do_write`: encrypt the backlog, then hand the records on.
-    pub(super) fn do_write(&self) -> PyResult<()> {
-        let py = self.py;
-        let (ssl, backlog) = (self.ssl_c(), bound(py, &self.fields().write_backlog));
-        let mut encrypted = false;
-        while backlog.is_truthy()? {
-            let data = backlog.get_item(0)?;
-            let count: isize = match c_calls::ssl_write(&ssl, &data) {
-                Ok(c) => c.extract()?,
-                Err(e) if self.is_again(&e) => break,
-                Err(e) => return Err(e),
-            };
-            encrypted |= count > 0;
-            let len = data.len()? as isize;
-            if count < len {
-                backlog.set_item(0, data.get_item(PySlice::new(py, count, isize::MAX, 1))?)?;
-                self.fields().write_buffer_size -= count;
-            } else {
-                backlog.del_item(0)?;
-                self.fields().write_buffer_size -= len;
-            }
-        }
-        self.send_records(encrypted)
-    }
-
-    /// `_process_outgoing`: the encrypted records to the transport.
-    pub(super) fn process_outgoing(&self) -> PyResult<()> {
-        self.send_records(false)
-    }
-
-    /// [`process_outgoing`](Self::process_outgoing); `encrypted`: the SSL
-    /// object has just encrypted app data, so the BIO holds records and is
-    /// read without asking for its size first.
-    fn send_records(&self, encrypted: bool) -> PyResult<()> {
-        let py = self.py;
-        let (paused, outgoing, transport) = {
-            let f = self.fields();
-            (f.ssl_writing_paused, bound(py, &f.outgoing), bound(py, &f.transport))
-        };
-        if paused {
-            return self.control_app_writing(self.pending(&outgoing)?);
-        }
-        // asyncio reads the BIO even when it is empty; nothing differs.
-        if encrypted || self.pending(&outgoing)? > 0 {
-            let data = c_calls::bio_read(&outgoing)?;
-            if data.len()? > 0 {
-                transport.call_method1(intern!(py, "write"), (data,))?;
-            }
-        }
-        // Read out: only this protocol's own SSL calls refill the BIO.
-        self.control_app_writing(0)
-    }
-
-    // ----- flow control --------------------------------------------------------
-
-    /// `_control_app_writing`: pause or resume the app protocol's writing.
-    /// (`outgoing_pending`: what the outgoing BIO holds.)
-    fn control_app_writing(&self, outgoing_pending: usize) -> PyResult<()> {
-        let py = self.py;
-        let size = (outgoing_pending as isize + self.fields().write_buffer_size) as f64;
-        let (change, app) = {
-            let mut f = self.fields();
-            let change = flow_change(size, f.outgoing_high_water.value, f.outgoing_low_water.value, f.app_writing_paused);
-            match change {
-                FlowChange::Keep => return Ok(()),
-                FlowChange::Pause => f.app_writing_paused = true,
-                FlowChange::Resume => f.app_writing_paused = false,
-            }
-            (change, bound(py, &f.app_protocol))
-        };
-        let (method, message) = match change {
-            FlowChange::Pause => (intern!(py, "pause_writing"), "protocol.pause_writing() failed"),
-            _ => (intern!(py, "resume_writing"), "protocol.resume_writing() failed"),
-        };
-        match app.call_method0(method) {
-            Ok(_) => Ok(()),
-            Err(e) if must_propagate(py, &e) => Err(e),
-            Err(e) => {
-                let context = PyDict::new(py);
-                context.set_item("message", message)?;
-                context.set_item("exception", e.into_value(py))?;
-                context.set_item("transport", self.slf.getattr(intern!(py, "_app_transport"))?)?;
-                context.set_item("protocol", self.slf)?;
-                let loop_ = bound(py, &self.fields().loop_);
-                loop_.call_method1(intern!(py, "call_exception_handler"), (context,)).map(drop)
-            }
-        }
-    }
-
-    /// `_control_ssl_reading`: pause or resume the transport's reading
-    /// while the BIO holds too many undecrypted bytes (`known_pending`,
-    /// when the caller knows how many).
-    fn control_ssl_reading(&self, known_pending: Option<usize>) -> PyResult<()> {
-        let py = self.py;
-        let size = match known_pending {
-            Some(n) => n,
-            None => self.pending(&bound(py, &self.fields().incoming))?,
-        } as f64;
-        let (method, transport) = {
-            let mut f = self.fields();
-            let method = match flow_change(size, f.incoming_high_water.value, f.incoming_low_water.value, f.ssl_reading_paused) {
-                FlowChange::Keep => return Ok(()),
-                FlowChange::Pause => intern!(py, "pause_reading"),
-                FlowChange::Resume => intern!(py, "resume_reading"),
-            };
-            f.ssl_reading_paused = !f.ssl_reading_paused;
-            (method, bound(py, &f.transport))
-        };
-        transport.call_method0(method).map(drop)
     }
 }
 
