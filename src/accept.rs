@@ -77,7 +77,7 @@ pub fn accept_connections<'py>(sock: &Bound<'py, PyAny>, backlog: &Bound<'py, Py
 /// TCP or Unix server (no TLS, no task factory, not in debug mode, the
 /// loop's own stream transport) the batch is taken here and each
 /// connection's protocol and transport are made by a callback scheduled
-/// for it, [`open_accepted`]; anything else (and a call with arguments
+/// for it, `open_accepted`; anything else (and a call with arguments
 /// missing) is `ferroloop/_server.py`'s `accept_connection`.
 pub fn accept_connection(loop_: &Bound<'_, LoopCore>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
     let py = loop_.py();

@@ -76,7 +76,7 @@ struct State {
 }
 
 /// A scheduled callback. Instances come from a freelist; PyO3 does not
-/// re-track reused ones, which matches [`untrack`] on fresh ones. The
+/// re-track reused ones, which matches [`untrack`](crate::pyhelpers::untrack) on fresh ones. The
 /// freelist is sized for what another thread's `call_soon_threadsafe` makes
 /// in one GIL switch interval (some 15-30k handles in the default 5 ms): a
 /// handle it cannot serve costs a malloc and counts towards the next cycle

@@ -281,7 +281,7 @@ fn has_gc_header(ptr: *mut ffi::PyObject) -> bool {
     // fields are readable (not built for the limited API).
     unsafe {
         let type_ = ffi::Py_TYPE(ptr);
-        ffi::PyType_IS_GC(type_) != 0 && (*type_).tp_is_gc.map_or(true, |is_gc| is_gc(ptr) != 0)
+        ffi::PyType_IS_GC(type_) != 0 && (*type_).tp_is_gc.is_none_or(|is_gc| is_gc(ptr) != 0)
     }
 }
 
@@ -350,6 +350,12 @@ pub fn new_object_as<'py>(base: &Bound<'py, PyType>, subtype: &Bound<'py, PyType
 /// caches rely on the same. So the methods are looked up only when the tag
 /// differs from the one they were last found unchanged at.
 pub struct UnchangedMethods(AtomicU32);
+
+impl Default for UnchangedMethods {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl UnchangedMethods {
     pub const fn new() -> Self {

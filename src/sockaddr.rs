@@ -51,8 +51,10 @@ fn ipv4_text(octets: [u8; 4], text: &mut [u8; 15]) -> &str {
 /// the same few again and again (its own address, its clients'), and a
 /// new `str` cost several hundred instructions, twice per connection.
 fn ipv4_host<'py>(py: Python<'py>, octets: [u8; 4]) -> Bound<'py, PyString> {
+    /// An address and its `str`.
+    type Host = ([u8; 4], Py<PyString>);
     /// Hosts by the low bits of their last octet.
-    static HOSTS: Mutex<[Option<([u8; 4], Py<PyString>)>; 8]> = Mutex::new([const { None }; 8]);
+    static HOSTS: Mutex<[Option<Host>; 8]> = Mutex::new([const { None }; 8]);
     let slot = usize::from(octets[3]) % 8;
     let hosts = || HOSTS.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((seen, host)) = &hosts()[slot] {

@@ -11,7 +11,7 @@
 //!   code calls; received bytes into the SSL object,
 //! - [`read`]: plaintext out to the app protocol, the transport's reading
 //!   paused while too much waits to be decrypted,
-//! - [`write`]: app writes (the app transport's `write`) encrypted and
+//! - [`write`](mod@write): app writes (the app transport's `write`) encrypted and
 //!   handed to the transport, the app's writing paused while too much waits,
 //! - [`handshake`]: the handshake steps and the state transitions,
 //! - [`shutdown`]: the end of the connection (EOF, close_notify),

@@ -217,9 +217,11 @@ mod clients {
     /// The parts of the last server's clients.
     static LAST_CLIENTS: LastWeakParts = LastWeakParts::new();
 
-    /// `clients.data`, `clients._pending_removals` and `clients._remove`,
-    /// for a plain WeakSet with no removals pending.
-    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<(Bound<'py, PySet>, Bound<'py, PyList>, Bound<'py, PyAny>)>> {
+    /// `clients.data`, `clients._pending_removals` and `clients._remove`.
+    type WeakSetParts<'py> = (Bound<'py, PySet>, Bound<'py, PyList>, Bound<'py, PyAny>);
+
+    /// The [`WeakSetParts`] of a plain WeakSet with no removals pending.
+    fn parts<'py>(clients: &Bound<'py, PyAny>) -> PyResult<Option<WeakSetParts<'py>>> {
         let py = clients.py();
         let weak_set = weak_set(py)?;
         let type_ = clients.get_type();

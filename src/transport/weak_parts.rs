@@ -34,6 +34,12 @@ impl WeakParts {
 /// join one set of clients).
 pub struct LastWeakParts(Mutex<Option<WeakParts>>);
 
+impl Default for LastWeakParts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LastWeakParts {
     pub const fn new() -> Self {
         LastWeakParts(Mutex::new(None))

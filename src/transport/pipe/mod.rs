@@ -3,7 +3,7 @@
 //!
 //! - [`read`]: `ReadPipeCore`: `read(2)` into the thread's read buffer, one
 //!   `bytes` per read handed to `data_received`, EOF, pause/resume,
-//! - [`write`]: `WritePipeCore`: `write` tries `write(2)` at once and queues
+//! - [`write`](mod@write): `WritePipeCore`: `write` tries `write(2)` at once and queues
 //!   only the rest, queued chunks go out in one `writev`; flow control, and a
 //!   reader on the write end to notice the read end closing.
 //!
