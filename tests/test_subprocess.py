@@ -115,3 +115,75 @@ def test_protocol_callback_contexts(factories):
     results = _on_each_loop(factories, _callback_contexts)
     assert results["ferroloop"] == results["asyncio"]
     assert ("process_exited", "outer" if sys.version_info < (3, 12) else "inner") in results["ferroloop"]
+
+
+async def _fork_while_running(factory):
+    """Fork inside a running loop (a server that forks workers): the child
+    runs a loop of its own, with a connection to the parent's server and a
+    subprocess; the parent's server and signal handler keep working."""
+    import signal
+
+    async def echo(reader, writer):
+        writer.write(b"echo:" + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    async def exchange(addr, line):
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(line)
+        reply = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        return reply
+
+    async def in_child(addr):
+        proc = await asyncio.create_subprocess_exec("echo", "grandchild", stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        return await exchange(addr, b"child\n") + out
+
+    loop = asyncio.get_running_loop()
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    addr = server.sockets[0].getsockname()
+    signals = []
+    loop.add_signal_handler(signal.SIGUSR1, signals.append, "usr1")
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(rfd)
+            # 3.12+ forget the running loop at fork; 3.10/3.11 do not.
+            asyncio.events._set_running_loop(None)
+            child_loop = factory()
+            os.write(wfd, child_loop.run_until_complete(in_child(addr)))
+            child_loop.close()
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    reader = asyncio.StreamReader()
+    pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb"))
+    try:
+        from_child = await asyncio.wait_for(reader.read(), 30)
+    except asyncio.TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        pipe.close()
+    _, status = os.waitpid(pid, 0)  # (its pipe is closed: it is exiting)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    from_parent = await exchange(addr, b"parent\n")
+    await asyncio.sleep(0.05)
+    loop.remove_signal_handler(signal.SIGUSR1)
+    server.close()
+    await server.wait_closed()
+    return os.waitstatus_to_exitcode(status), from_child, from_parent, signals
+
+
+# (the test harness's own watchdog thread makes 3.12+ warn about any fork)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_while_running(factories):
+    results = {name: _on_each_loop({name: f}, lambda f=f: _fork_while_running(f))[name]
+               for name, f in factories.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["ferroloop"] == (0, b"echo:child\ngrandchild\n", b"echo:parent\n", ["usr1"])
