@@ -260,6 +260,30 @@ def test_reader_callback_exception_goes_to_handler(same):
                                "ValueError")]
 
 
+@pytest.mark.uvloop_differs("uvloop has no loop._selector")
+def test_selector_unregister(same):
+    # Twisted's asyncio reactor calls loop._selector.unregister(fd) after
+    # a failed add_reader; its key is returned and the fd no longer watched.
+    def scenario(loop, trace):
+        a, b = socket.socketpair()
+        try:
+            loop.add_reader(a, trace.append, "reader")
+            loop.add_writer(a.fileno(), trace.append, "writer")
+            key = loop._selector.unregister(a)
+            trace.append((key.fileobj is a, key.fd == a.fileno(), key.events))
+            trace.append(exc_outcome(loop._selector.get_key, a.fileno())[0])
+            trace.append(exc_outcome(loop._selector.unregister, a)[0])
+            b.send(b"x")
+            loop.call_later(0.02, loop.stop)
+            loop.run_forever()
+            trace.append((loop.remove_reader(a), loop.remove_writer(a)))
+        finally:
+            a.close()
+            b.close()
+
+    assert same(scenario) == [(True, True, 3), "KeyError", "KeyError", (False, False)]
+
+
 @pytest.mark.uvloop_differs("uvloop dispatches I/O before ready callbacks")
 def test_io_callbacks_ordered_after_ready_callbacks(same):
     def scenario(loop, trace):

@@ -74,7 +74,8 @@ def _reuse(*names):
 
 class _SelectorView:
     """`loop._selector` for code written against the selector loop: lookups
-    of the fds registered with add_reader/add_writer, nothing else."""
+    of the fds registered with add_reader/add_writer, and `unregister`
+    (Twisted's asyncio reactor calls it after a failed add_reader)."""
 
     def __init__(self, loop):
         self._loop = loop
@@ -87,6 +88,14 @@ class _SelectorView:
         events = (selectors.EVENT_READ if reader is not None else 0) | \
                  (selectors.EVENT_WRITE if writer is not None else 0)
         return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+
+    def unregister(self, fileobj):
+        # As the selector's: the fd is no longer watched, its handles are
+        # forgotten (here cancelled), its key is returned.
+        key = self.get_key(fileobj)
+        self._loop._remove_reader(key.fd)
+        self._loop._remove_writer(key.fd)
+        return key
 
 
 def _name_as_standard(*names):
