@@ -4,6 +4,7 @@ pidfd (no thread per child), nothing leaked when the loop closes first."""
 import asyncio
 import contextvars
 import os
+import signal
 import sys
 import threading
 
@@ -121,8 +122,6 @@ async def _fork_while_running(factory):
     """Fork inside a running loop (a server that forks workers): the child
     runs a loop of its own, with a connection to the parent's server and a
     subprocess; the parent's server and signal handler keep working."""
-    import signal
-
     async def echo(reader, writer):
         writer.write(b"echo:" + await reader.readline())
         await writer.drain()
@@ -183,7 +182,8 @@ async def _fork_while_running(factory):
 # (the test harness's own watchdog thread makes 3.12+ warn about any fork)
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_while_running(factories):
-    results = {name: _on_each_loop({name: f}, lambda f=f: _fork_while_running(f))[name]
-               for name, f in factories.items()}
+    results = {}
+    for name, factory in factories.items():
+        results.update(_on_each_loop({name: factory}, lambda: _fork_while_running(factory)))
     assert results["ferroloop"] == results["asyncio"]
     assert results["ferroloop"] == (0, b"echo:child\ngrandchild\n", b"echo:parent\n", ["usr1"])
