@@ -3,7 +3,7 @@
 deterministic companion to servers.py's CPU times, for changes of a few
 percent that timing on a noisy machine cannot resolve.
 
-    python bench/instructions.py [--cases http-close,http,tls,proto,stream,sock] [--loops ferroloop,uvloop,asyncio]
+    python bench/instructions.py [--cases http-close,http,tls,tls-hs,proto,stream,sock,udp] [--loops ferroloop,uvloop,asyncio]
 
 Each (case, loop) starts `servers.py --serve` under callgrind, warms up,
 zeroes the counters, sends --messages messages from a plain blocking client
@@ -14,6 +14,7 @@ percent; the kernel's share (system calls, TCP) is not counted. Cases:
 - http-close: one HTTP/1.1 request per connection (`Connection: close`);
 - http:       HTTP/1.1 keep-alive requests on one connection;
 - tls:        1 KiB echo round trips on one TLS connection;
+- tls-hs:     one TLS connection (handshake, 1 KiB echo, close) per message;
 - proto, stream, sock: 1 KiB echo round trips on one TCP connection, to a
   Protocol, a streams (StreamReader/StreamWriter) and a sock_recv/sock_sendall
   server;
@@ -89,6 +90,15 @@ def tls_echo(address, n, size=1024):
         _echo_round_trips(s, n, size)
 
 
+def tls_handshakes(address, n, size=1024):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    for _ in range(n):
+        with context.wrap_socket(socket.create_connection(address)) as s:
+            _echo_round_trips(s, 1, size)
+
+
 def tcp_echo(address, n, size=1024):
     with socket.create_connection(address) as s:
         _echo_round_trips(s, n, size)
@@ -105,7 +115,7 @@ def udp_echo(address, n, size=1024):
 
 # case -> (servers.py kind, client)
 CASES = {"http-close": ("http-close", http_close), "http": ("http", http_keep_alive),
-         "tls": ("tls", tls_echo), "proto": ("proto", tcp_echo), "stream": ("stream", tcp_echo),
+         "tls": ("tls", tls_echo), "tls-hs": ("tls", tls_handshakes), "proto": ("proto", tcp_echo), "stream": ("stream", tcp_echo),
          "sock": ("sock", tcp_echo), "udp": ("udp", udp_echo)}
 
 
@@ -156,7 +166,7 @@ def main():
     if unknown:
         ap.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
     with tempfile.TemporaryDirectory() as workdir:
-        cert = make_cert(workdir)[0] if "tls" in cases else None
+        cert = make_cert(workdir)[0] if any(c.startswith("tls") for c in cases) else None
         print(f"user-space instructions per message (callgrind), {args.messages} messages")
         print(f"{'case':12s} " + " ".join(f"{loop:>12s}" for loop in loops)
               + "".join(f"  {'×' + loop:>10s}" for loop in loops[1:]))
