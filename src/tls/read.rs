@@ -61,7 +61,7 @@ impl<'py> Tls<'_, 'py> {
     /// `_do_read__copied`: everything decrypted in one `data_received`,
     /// then, if the peer closed (close_notify), EOF and shutdown. True if
     /// the reads stopped on an empty BIO.
-    pub(super) fn read_copied(&self) -> PyResult<bool> {
+    fn read_copied(&self) -> PyResult<bool> {
         let py = self.py;
         let (ssl, incoming) = (self.ssl_c(), bound(py, &self.fields().incoming));
         // Most reads take one chunk: it needs no vector.
@@ -114,7 +114,7 @@ impl<'py> Tls<'_, 'py> {
     }
 
     /// `_do_read__buffered`: decrypt straight into the app protocol's buffer.
-    pub(super) fn read_buffered(&self) -> PyResult<()> {
+    fn read_buffered(&self) -> PyResult<()> {
         let py = self.py;
         let (ssl, incoming) = (self.ssl_c(), bound(py, &self.fields().incoming));
         let buf = self.slf.getattr(intern!(py, "_app_protocol_get_buffer"))?.call1((self.pending(&incoming)?,))?;

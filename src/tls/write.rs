@@ -18,7 +18,7 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: i64 = 5;
 impl<'py> Tls<'_, 'py> {
     /// The first check of `_write_appdata`: after the shutdown began, writes
     /// are dropped and counted (and logged past a threshold). True if dropped.
-    pub(super) fn write_dropped(&self, state: State) -> PyResult<bool> {
+    fn write_dropped(&self, state: State) -> PyResult<bool> {
         if !matches!(state, State::Flushing | State::Shutdown | State::Unwrapped) {
             return Ok(false);
         }
@@ -34,7 +34,7 @@ impl<'py> Tls<'_, 'py> {
     }
 
     /// Add `data` to the backlog (`_write_backlog.append`, `_write_buffer_size += n`).
-    pub(super) fn queue(&self, backlog: &Bound<'py, PyAny>, data: Bound<'py, PyAny>, size: isize) -> PyResult<()> {
+    fn queue(&self, backlog: &Bound<'py, PyAny>, data: Bound<'py, PyAny>, size: isize) -> PyResult<()> {
         backlog.call_method1(intern!(self.py, "append"), (data,))?;
         self.fields().write_buffer_size += size;
         Ok(())
@@ -125,7 +125,7 @@ impl<'py> Tls<'_, 'py> {
     /// [`process_outgoing`](Self::process_outgoing); `encrypted`: the SSL
     /// object has just encrypted app data, so the BIO holds records and is
     /// read without asking for its size first.
-    pub(super) fn send_records(&self, encrypted: bool) -> PyResult<()> {
+    fn send_records(&self, encrypted: bool) -> PyResult<()> {
         let py = self.py;
         let (paused, outgoing, transport) = {
             let f = self.fields();
