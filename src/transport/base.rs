@@ -457,7 +457,6 @@ macro_rules! transport_pymethods {
             pub(crate) fn resume_reading_of(&self, obj: &::pyo3::Bound<'_, ::pyo3::PyAny>) -> ::pyo3::PyResult<()> {
                 self.core.resume_reading(obj)
             }
-
         }
 
         #[::pyo3::pymethods]

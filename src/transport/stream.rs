@@ -473,8 +473,6 @@ super::base::transport_pymethods! {
         true
     }
 
-    // ----- protocol ------------------------------------------------------------
-
     // ----- sendfile ------------------------------------------------------------
 
     /// A future done once the write buffer is empty (`loop.sendfile` waits
